@@ -1,0 +1,242 @@
+// CPU sample_from_logits, one row at a time, compiled once per CPU_CAPABILITY (DEFAULT/AVX2/AVX512).
+// Sorting-free: pass 1 converts the row to fp32 in a cache-resident buffer and takes the max; pass 2
+// replaces it by e = exp((l - max) / T) and sums it; top-k is a streaming selection with a pruning
+// threshold; top-p is rejection sampling over a rising pivot (a rejected token's value becomes the new
+// exclusive lower bound), so the row is never sorted. Every pass after the first reads the L2-resident
+// buffer with at::vec vectors; only pass 1 touches DRAM.
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include "mstar/philox.h"
+#include "mstar/sample_from_logits.h"
+
+namespace mstar::cpu {
+inline namespace CPU_CAPABILITY {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kW = Vec::size();
+constexpr int64_t kChunk = 2048;  // pass-1 tile: convert + max while the tile is in L1
+
+namespace {
+
+inline uint32_t lane_mask(const Vec& m) {  // bit i set where lane i of a comparison result is true
+  return ~static_cast<uint32_t>(m.zero_mask()) & ((kW >= 32) ? 0xffffffffu : ((1u << kW) - 1u));
+}
+
+template <typename T>  // bf16 / fp16 -> fp32, two float vectors per reduced-precision vector
+inline void to_float(const T* src, float* dst, int64_t n) {
+  using RVec = at::vec::Vectorized<T>;
+  int64_t i = 0;
+  for (; i + RVec::size() <= n; i += RVec::size()) {
+    auto [lo, hi] = at::vec::convert_to_float<T>(RVec::loadu(src + i));
+    lo.store(dst + i);
+    hi.store(dst + i + kW);
+  }
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+template <>
+inline void to_float<float>(const float* src, float* dst, int64_t n) {
+  std::copy(src, src + n, dst);
+}
+
+// Max over buf[0, n); NaN propagates.
+inline float vmax(const float* buf, int64_t n) {
+  Vec acc(-std::numeric_limits<float>::infinity());
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) acc = at::vec::maximum(acc, Vec::loadu(buf + i));
+  float m = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, acc);
+  for (; i < n; ++i) m = (std::isnan(buf[i]) || std::isnan(m)) ? NAN : std::max(m, buf[i]);
+  return m;
+}
+
+inline int64_t first_index_of(const float* buf, int64_t n, float v) {
+  const Vec vv(v);
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    const uint32_t mask = lane_mask(Vec::loadu(buf + i) == vv);
+    if (mask) return i + __builtin_ctz(mask);
+  }
+  for (; i < n; ++i)
+    if (buf[i] == v) return i;
+  return n - 1;
+}
+
+// In place: buf[i] = exp((buf[i] - m) * inv_t); returns the sum.
+inline double exp_shift_sum(float* buf, int64_t n, float m, float inv_t) {
+  const Vec vm(m), vs(inv_t);
+  Vec acc(0.f);
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    const Vec e = ((Vec::loadu(buf + i) - vm) * vs).exp_u20();
+    e.store(buf + i);
+    acc = acc + e;
+  }
+  double s = at::vec::vec_reduce_all<float>(std::plus<Vec>(), acc);
+  for (; i < n; ++i) {
+    buf[i] = std::exp((buf[i] - m) * inv_t);
+    s += buf[i];
+  }
+  return s;
+}
+
+// Sum of buf[i] over buf[i] >= ge and buf[i] > gt.
+inline double masked_sum(const float* buf, int64_t n, float ge, float gt) {
+  const Vec vge(ge), vgt(gt), zero(0.f);
+  Vec acc(0.f);
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    const Vec x = Vec::loadu(buf + i);
+    acc = acc + Vec::blendv(zero, x, (x >= vge) & (x > vgt));
+  }
+  double s = at::vec::vec_reduce_all<float>(std::plus<Vec>(), acc);
+  for (; i < n; ++i)
+    if (buf[i] >= ge && buf[i] > gt) s += buf[i];
+  return s;
+}
+
+// k-th largest value of buf (1 <= k < n) by streaming selection: candidates above a threshold are
+// collected, and when the list is full it is cut back to its k largest, which raises the threshold.
+inline float kth_largest(const float* buf, int64_t n, int64_t k, std::vector<float>& cand) {
+  const size_t cap = static_cast<size_t>(std::max<int64_t>(2 * k, 512));
+  cand.clear();
+  float th = -std::numeric_limits<float>::infinity();
+  auto prune = [&]() {
+    std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), std::greater<float>());
+    cand.resize(k);
+    th = cand[k - 1];  // the k-th largest so far: values equal to it cannot change the answer
+  };
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    uint32_t mask = lane_mask(Vec::loadu(buf + i) > Vec(th));
+    while (mask) {
+      const int lane = __builtin_ctz(mask);
+      mask &= mask - 1;
+      const float x = buf[i + lane];
+      if (x > th) {
+        cand.push_back(x);
+        if (cand.size() >= cap) prune();
+      }
+    }
+  }
+  for (; i < n; ++i)
+    if (buf[i] > th) {
+      cand.push_back(buf[i]);
+      if (cand.size() >= cap) prune();
+    }
+  std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), std::greater<float>());
+  return cand[k - 1];
+}
+
+// Inverse-CDF draw over the restricted set {x >= ge, x > gt}: the first index whose running sum
+// exceeds target. Sums whole vectors and steps into the one that crosses.
+inline int64_t scan_pick(const float* buf, int64_t n, float ge, float gt, double target) {
+  const Vec vge(ge), vgt(gt), zero(0.f);
+  double cum = 0.0;
+  int64_t last = -1;
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    const Vec x = Vec::loadu(buf + i);
+    const Vec kept = Vec::blendv(zero, x, (x >= vge) & (x > vgt));
+    const float block = at::vec::vec_reduce_all<float>(std::plus<Vec>(), kept);
+    if (block <= 0.f) continue;
+    if (cum + block > target) break;
+    cum += block;
+    last = i;  // a vector with mass; refined below if no element crosses
+  }
+  for (; i < n; ++i) {
+    const float x = buf[i];
+    if (!(x >= ge && x > gt) || x <= 0.f) continue;
+    cum += x;
+    if (cum > target) return i;
+    last = i;
+  }
+  // Rounding left target at or above the total: take the last kept element with mass.
+  if (last >= 0) {
+    for (int64_t j = std::min(n, last + kW) - 1; j >= 0; --j)
+      if (buf[j] >= ge && buf[j] > gt && buf[j] > 0.f) return j;
+  }
+  return -1;
+}
+
+template <typename scalar_t>
+int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, float* buf,
+                   std::vector<float>& cand, float* logprob) {
+  // Pass 1 (DRAM): fp32 copy of the row and its max, tile by tile.
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t c = 0; c < V; c += kChunk) {
+    const int64_t len = std::min(kChunk, V - c);
+    to_float(row + c, buf + c, len);
+    const float cm = vmax(buf + c, len);
+    m = (std::isnan(cm) || std::isnan(m)) ? NAN : std::max(m, cm);
+  }
+  if (std::isnan(m) || m == std::numeric_limits<float>::infinity()) return kStatusNonFinite;
+  if (m == -std::numeric_limits<float>::infinity()) return kStatusAllMasked;
+
+  if (p.temperature == 0.f) {  // greedy: lowest index among the maxima
+    const int64_t tok = first_index_of(buf, V, m);
+    if (logprob) *logprob = -static_cast<float>(std::log(exp_shift_sum(buf, V, m, 1.f)));
+    return tok;
+  }
+  const float inv_t = 1.f / p.temperature;
+  const double z = exp_shift_sum(buf, V, m, inv_t);  // now buf holds e, max e == 1
+  const float* e = buf;
+
+  const bool use_k = p.top_k > 0 && p.top_k < V;
+  const bool use_p = p.top_p < 1.f;
+  const float t_k = use_k ? kth_largest(e, V, p.top_k, cand) : 0.f;
+  const float ge = std::max(t_k, p.min_p);
+  const double z_k = use_k ? masked_sum(e, V, t_k, -1.f) : z;
+  double z_r = (ge > 0.f) ? (ge == t_k ? z_k : masked_sum(e, V, ge, -1.f)) : z;
+  float gt = -1.f;  // exclusive lower bound raised by rejected top-p proposals
+
+  int64_t tok = -1;
+  for (uint32_t draw = 0;; ++draw) {
+    const double target = static_cast<double>(philox_uniform(p.seed, p.offset, draw)) * z_r;
+    tok = scan_pick(e, V, ge, gt, target);
+    if (tok < 0) {  // nothing left with mass (cannot happen for a finite row); fall back to the max
+      tok = first_index_of(e, V, 1.f);
+      break;
+    }
+    if (!use_p) break;
+    const double above = masked_sum(e, V, -1.f, e[tok]);  // mass strictly more probable than tok
+    if (above < static_cast<double>(p.top_p) * z_k) break;
+    gt = e[tok];    // every token at most this probable fails top-p too
+    z_r = above;    // = mass of {e > gt}; gt >= ge already holds
+  }
+  if (logprob) {
+    float l_tok;
+    to_float(row + tok, &l_tok, 1);
+    *logprob = (l_tok - m) * inv_t - static_cast<float>(std::log(z));
+  }
+  return tok;
+}
+
+}  // namespace
+
+// Rows [begin, end) of a contiguous [B, V] logits matrix; per-row parameters already expanded.
+template <typename scalar_t>
+void sample_from_logits_rows(const scalar_t* logits, int64_t V, int64_t begin, int64_t end,
+                             const SampleRowParams* params, int64_t* tokens, float* logprobs) {
+  std::vector<float> buf(static_cast<size_t>(V));
+  std::vector<float> cand;
+  for (int64_t b = begin; b < end; ++b)
+    tokens[b] = sample_row(logits + b * V, V, params[b], buf.data(), cand, logprobs ? logprobs + b : nullptr);
+}
+
+template void sample_from_logits_rows<float>(const float*, int64_t, int64_t, int64_t, const SampleRowParams*,
+                                             int64_t*, float*);
+template void sample_from_logits_rows<c10::BFloat16>(const c10::BFloat16*, int64_t, int64_t, int64_t,
+                                                     const SampleRowParams*, int64_t*, float*);
+template void sample_from_logits_rows<c10::Half>(const c10::Half*, int64_t, int64_t, int64_t,
+                                                 const SampleRowParams*, int64_t*, float*);
+
+}  // namespace CPU_CAPABILITY
+}  // namespace mstar::cpu

@@ -1,0 +1,108 @@
+// CPU launcher for mstar_fast::sample_from_logits: checks inputs, packs per-row parameters, picks the
+// kernel compiled for this CPU's instruction set (AVX512 / AVX2 / DEFAULT) and runs rows in parallel
+// with at::parallel_for. Kernel: csrc/cpu/sample_from_logits_kernel.cpp.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "mstar/sample_from_logits.h"
+#include "ops.h"
+
+namespace mstar::cpu {
+#define MSTAR_DECLARE_ROWS(CAP)                                                                               \
+  namespace CAP {                                                                                             \
+  template <typename scalar_t>                                                                                \
+  void sample_from_logits_rows(const scalar_t*, int64_t, int64_t, int64_t, const SampleRowParams*, int64_t*, \
+                               float*);                                                                       \
+  }
+MSTAR_DECLARE_ROWS(DEFAULT)
+MSTAR_DECLARE_ROWS(AVX2)
+MSTAR_DECLARE_ROWS(AVX512)
+#undef MSTAR_DECLARE_ROWS
+}  // namespace mstar::cpu
+
+namespace mstar_fast {
+
+// Widest instruction set this CPU runs: 2 = AVX512, 1 = AVX2, 0 = DEFAULT. (ATen's own
+// get_cpu_capability is not exported from libtorch.)
+static int cpu_level() {
+  static const int level = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+    return 0;
+  }();
+  return level;
+}
+
+std::vector<mstar::SampleRowParams> pack_sample_params(const at::Tensor& logits, const at::Tensor& temperature,
+                                                       const at::Tensor& top_k, const at::Tensor& top_p,
+                                                       const at::Tensor& min_p, const at::Tensor& seed,
+                                                       int64_t offset) {
+  const int64_t B = logits.size(0);
+  auto t = temperature.to(at::kCPU, at::kFloat).contiguous();
+  auto k = top_k.to(at::kCPU, at::kLong).contiguous();
+  auto tp = top_p.to(at::kCPU, at::kFloat).contiguous();
+  auto mp = min_p.to(at::kCPU, at::kFloat).contiguous();
+  auto sd = seed.to(at::kCPU, at::kLong).contiguous();
+  std::vector<mstar::SampleRowParams> params(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    params[b] = mstar::SampleRowParams{t.data_ptr<float>()[b],  k.data_ptr<int64_t>()[b],
+                                       tp.data_ptr<float>()[b], mp.data_ptr<float>()[b],
+                                       static_cast<uint64_t>(sd.data_ptr<int64_t>()[b]),
+                                       static_cast<uint64_t>(offset)};
+  }
+  return params;
+}
+
+void check_sample_inputs(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                         const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seed,
+                         int64_t offset) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "sample_from_logits: logits must be [B, V], got shape ", logits.sizes());
+  TORCH_CHECK_VALUE(logits.size(1) > 0, "sample_from_logits: logits has an empty vocabulary dimension");
+  const auto st = logits.scalar_type();
+  TORCH_CHECK_VALUE(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf,
+                    "sample_from_logits: logits must be float32, bfloat16 or float16, got ", st);
+  const int64_t B = logits.size(0);
+  const std::pair<const char*, const at::Tensor*> per_row[] = {
+      {"temperature", &temperature}, {"top_k", &top_k}, {"top_p", &top_p}, {"min_p", &min_p}, {"seed", &seed}};
+  for (const auto& [name, t] : per_row)
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == B, "sample_from_logits: ", name, " must have shape [", B,
+                      "], got ", t->sizes());
+  TORCH_CHECK_VALUE(offset >= 0, "sample_from_logits: offset must be >= 0, got ", offset);
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_from_logits_cpu(const at::Tensor& logits, const at::Tensor& temperature,
+                                                          const at::Tensor& top_k, const at::Tensor& top_p,
+                                                          const at::Tensor& min_p, const at::Tensor& seed,
+                                                          int64_t offset, bool return_logprobs) {
+  check_sample_inputs(logits, temperature, top_k, top_p, min_p, seed, offset);
+  TORCH_CHECK_VALUE(logits.device().is_cpu(), "sample_from_logits (cpu): logits must be on the CPU");
+  const auto x = logits.contiguous();
+  const int64_t B = x.size(0), V = x.size(1);
+  const auto params = pack_sample_params(x, temperature, top_k, top_p, min_p, seed, offset);
+  auto tokens = at::empty({B}, x.options().dtype(at::kLong));
+  auto logprobs = at::empty({return_logprobs ? B : 0}, x.options().dtype(at::kFloat));
+  int64_t* tok = tokens.data_ptr<int64_t>();
+  float* lp = return_logprobs ? logprobs.data_ptr<float>() : nullptr;
+
+  const int cap = cpu_level();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "sample_from_logits_cpu", [&] {
+    using T = std::conditional_t<std::is_same_v<scalar_t, double>, float, scalar_t>;  // double rejected above
+    const T* src = reinterpret_cast<const T*>(x.data_ptr());
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      if (cap >= 2)
+        mstar::cpu::AVX512::sample_from_logits_rows<T>(src, V, begin, end, params.data(), tok, lp);
+      else if (cap >= 1)
+        mstar::cpu::AVX2::sample_from_logits_rows<T>(src, V, begin, end, params.data(), tok, lp);
+      else
+        mstar::cpu::DEFAULT::sample_from_logits_rows<T>(src, V, begin, end, params.data(), tok, lp);
+    });
+  });
+  return {tokens, logprobs};
+}
+
+}  // namespace mstar_fast

@@ -1,0 +1,1 @@
+"""Triton kernels, installed as ``mstar_fast.kernels``. Importing this package imports triton."""

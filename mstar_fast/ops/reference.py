@@ -1,0 +1,129 @@
+"""Plain-torch references for every op, written for clarity (sort-based where that is clearest).
+
+They define the semantics the fused kernels are tested against; they are also the ``torch`` backend.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Status codes written in place of a token (mirrors csrc/include/mstar/sample_from_logits.h).
+STATUS_NON_FINITE = -1
+STATUS_ALL_MASKED = -2
+
+_M32 = 0xFFFFFFFF
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+
+
+def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """hi and lo 32-bit words of a * b for a constant a < 2^32 and int64 tensor b < 2^32, without
+    overflowing int64: split a into 16-bit halves."""
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    p_hi = a_hi * b  # < 2^48
+    p_lo = a_lo * b  # < 2^48
+    lo = ((p_hi & 0xFFFF) << 16) + p_lo
+    hi = (p_hi >> 16) + (lo >> 32)
+    return hi & _M32, lo & _M32
+
+
+def philox4x32_10(counter: list[torch.Tensor], key: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Philox4x32-10 on int64 tensors holding 32-bit words (counter: 4 words, key: 2 words)."""
+    c0, c1, c2, c3 = (c & _M32 for c in counter)
+    k0, k1 = (k & _M32 for k in key)
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(_PHILOX_M[0], c0)
+        hi1, lo1 = _mulhilo32(_PHILOX_M[1], c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + _PHILOX_W[0]) & _M32, (k1 + _PHILOX_W[1]) & _M32
+    return [c0, c1, c2, c3]
+
+
+def philox_uniform(seed: torch.Tensor, offset: int, draw: int) -> torch.Tensor:
+    """Uniform [0, 1) float32 per row from Philox(key=seed, counter=(offset lo, offset hi, draw, 0)),
+    24 random bits; the same function as ``mstar::philox_uniform`` in csrc/include/mstar/philox.h."""
+    seed = seed.to(torch.int64)
+    zeros = torch.zeros_like(seed)
+    out = philox4x32_10(
+        [zeros + (offset & _M32), zeros + ((offset >> 32) & _M32), zeros + (draw & _M32), zeros],
+        [seed & _M32, (seed >> 32) & _M32],
+    )
+    return (out[0] >> 8).to(torch.float32) * (1.0 / 16777216.0)
+
+
+def filtered_probs_reference(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor,
+) -> torch.Tensor:
+    """The exact distribution ``sample_from_logits`` draws from, ``[B, V]`` float64 (rows sum to 1).
+
+    Per row: e = exp((l - max) / T) in fp32; top-k keeps e >= its k-th largest value (ties kept);
+    top-p keeps a token when the top-k mass strictly more probable than it is < top_p times the top-k
+    mass; min-p keeps e >= min_p (e is relative to the most probable token). Greedy rows (T == 0) put
+    all mass on the first maximum.
+    """
+    x = logits.float()
+    B, V = x.shape
+    m = x.max(dim=1, keepdim=True).values
+    t = temperature.float().view(B, 1)
+    greedy = t == 0
+    e = torch.exp((x - m) / torch.where(greedy, torch.ones_like(t), t))
+    s, idx = torch.sort(e, dim=1, descending=True, stable=True)
+    k = top_k.to(torch.int64).view(B, 1)
+    kth = s.gather(1, (k.clamp(1, V) - 1))
+    keep_k = torch.where((k > 0) & (k < V), s >= kth, torch.ones_like(s, dtype=torch.bool))
+    z_k = (s * keep_k).sum(dim=1, keepdim=True)
+    # Mass strictly above each value = exclusive cumsum at the first index of its tie group.
+    first = torch.searchsorted(-s, -s, right=False)
+    above = (torch.cumsum(s, dim=1) - s).gather(1, first)
+    p = top_p.float().view(B, 1)
+    keep_p = torch.where(p < 1, above < p * z_k, torch.ones_like(s, dtype=torch.bool))
+    keep_min = s >= min_p.float().view(B, 1)
+    kept = (s * (keep_k & keep_p & keep_min)).double()
+    probs_sorted = kept / kept.sum(dim=1, keepdim=True)
+    probs = torch.zeros_like(probs_sorted).scatter(1, idx, probs_sorted)
+    one_hot = torch.zeros_like(probs).scatter(1, x.argmax(dim=1, keepdim=True), 1.0)
+    return torch.where(greedy, one_hot, probs)
+
+
+def sample_from_logits_reference(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor,
+    seed: torch.Tensor,
+    offset: int,
+    return_logprobs: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort-based sampler with the contract of ``ops.sample_from_logits`` on expanded ``[B]`` parameters.
+
+    Draws by inverse CDF over the filtered distribution in descending-probability order with one
+    Philox uniform per row (draw index 0). Returns (tokens int64 [B], logprobs fp32 [B] or [0]); rows
+    that cannot be sampled hold a negative status code instead of a token.
+    """
+    x = logits.float()
+    B, V = x.shape
+    probs = filtered_probs_reference(x, temperature, top_k, top_p, min_p)
+    order = torch.sort(probs, dim=1, descending=True, stable=True).indices
+    cdf = torch.cumsum(probs.gather(1, order), dim=1)
+    u = philox_uniform(seed, offset, 0).double().view(B, 1)
+    pos = (cdf <= u).sum(dim=1, keepdim=True).clamp(max=V - 1)
+    n_pos = (probs > 0).sum(dim=1, keepdim=True).clamp(min=1)
+    tokens = order.gather(1, torch.minimum(pos, n_pos - 1)).view(B)
+
+    nan_or_inf = torch.isnan(x).any(dim=1) | torch.isposinf(x).any(dim=1)
+    all_masked = torch.isneginf(x).all(dim=1)
+    tokens = torch.where(all_masked, torch.full_like(tokens, STATUS_ALL_MASKED), tokens)
+    tokens = torch.where(nan_or_inf, torch.full_like(tokens, STATUS_NON_FINITE), tokens)
+
+    logprobs = torch.empty(0, dtype=torch.float32, device=x.device)
+    if return_logprobs:
+        t = temperature.float().view(B, 1)
+        scale = torch.where(t == 0, torch.ones_like(t), t)
+        lsm = torch.log_softmax(x / scale, dim=1)
+        logprobs = lsm.gather(1, tokens.clamp(min=0).view(B, 1)).view(B)
+    return tokens, logprobs

@@ -1,0 +1,160 @@
+"""``sample_from_logits``: batched sampling with per-row temperature, top-k, top-p, min-p and seeds."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+import torch
+
+from mstar_fast import _ext
+from mstar_fast.ops import _dispatch
+from mstar_fast.ops.reference import STATUS_ALL_MASKED, STATUS_NON_FINITE, sample_from_logits_reference
+
+Param = float | int | torch.Tensor
+_GOLDEN = 0x9E3779B97F4A7C15
+_U64 = (1 << 64) - 1
+
+
+def _compiled(*args):
+    _ext.load_extension()
+    return torch.ops.mstar_fast.sample_from_logits(*args)
+
+
+def _triton(*args):
+    mod, _ = _ext.load_triton()
+    return mod.sample_from_logits(*args)
+
+
+_IMPLS: dict[str, Callable] = {
+    "cuda": _compiled,
+    "triton": _triton,
+    "cpp": _compiled,
+    "torch": sample_from_logits_reference,
+}
+
+
+def _to_signed64(v: int) -> int:
+    v &= _U64
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _row_param(name: str, value: Param, B: int, device: torch.device, integer: bool) -> torch.Tensor:
+    """Broadcast a scalar or check a ``[B]`` tensor; returns an fp32 (or int64) tensor on ``device``."""
+    dtype = torch.int64 if integer else torch.float32
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 1 or value.shape[0] != B:
+            raise ValueError(f"sample_from_logits: {name} must be a scalar or a [{B}] tensor, got shape {tuple(value.shape)}")
+        if value.device != device:
+            raise ValueError(f"sample_from_logits: {name} is on {value.device} but logits are on {device}")
+        if integer and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+            raise ValueError(f"sample_from_logits: {name} must be an integer tensor, got {value.dtype}")
+        if not integer and not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+            raise ValueError(f"sample_from_logits: {name} must be a real tensor, got {value.dtype}")
+        return value.to(dtype)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"sample_from_logits: {name} must be a number or a [{B}] tensor, got {type(value).__name__}")
+    if integer and int(value) != value:
+        raise ValueError(f"sample_from_logits: {name} must be an integer, got {value}")
+    return torch.full((B,), value, dtype=dtype, device=device)
+
+
+def _check_range(name: str, t: torch.Tensor, ok: torch.Tensor, rule: str) -> None:
+    bad = ~ok
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"sample_from_logits: {name} must be {rule}; row {row} has {t[row].item()}")
+
+
+def _row_seeds(seed: int | torch.Tensor | None, B: int, device: torch.device) -> torch.Tensor:
+    if seed is None:  # torch's generator decides, so torch.manual_seed makes the call reproducible
+        return torch.randint(-(2**63), 2**63 - 1, (B,), dtype=torch.int64, device=device)
+    if isinstance(seed, torch.Tensor):
+        if seed.dim() != 1 or seed.shape[0] != B:
+            raise ValueError(f"sample_from_logits: seed must be an int or a [{B}] tensor, got shape {tuple(seed.shape)}")
+        if seed.is_floating_point() or seed.is_complex() or seed.dtype == torch.bool:
+            raise ValueError(f"sample_from_logits: seed must be an integer tensor, got {seed.dtype}")
+        if seed.device != device:
+            raise ValueError(f"sample_from_logits: seed is on {seed.device} but logits are on {device}")
+        return seed.to(torch.int64)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"sample_from_logits: seed must be None, an int or a [B] int64 tensor, got {type(seed).__name__}")
+    # One int seeds the whole batch: row b gets its own key, so equal rows still draw independently.
+    base = int(seed)
+    rows = [_to_signed64(base + (b + 1) * _GOLDEN) for b in range(B)]
+    return torch.tensor(rows, dtype=torch.int64, device=device)
+
+
+def sample_from_logits(
+    logits: torch.Tensor,
+    temperature: Param = 1.0,
+    top_k: Param = 0,
+    top_p: Param = 1.0,
+    min_p: Param = 0.0,
+    seed: int | torch.Tensor | None = None,
+    offset: int = 0,
+    return_logprobs: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row of ``logits``.
+
+    Args:
+        logits: ``[B, V]`` float32, bfloat16 or float16 (float64 is computed in float32).
+        temperature: scalar or ``[B]``; ``0`` means greedy (argmax, lowest index on ties).
+        top_k: scalar or ``[B]`` integer; keep tokens at least as probable as the k-th most probable
+            (ties at the boundary are all kept); ``0`` is off.
+        top_p: scalar or ``[B]`` in (0, 1]; keep a token when the mass of the tokens strictly more probable
+            than it is below ``top_p`` (of the top-k-filtered distribution); ``1`` is off.
+        min_p: scalar or ``[B]`` in [0, 1]; keep tokens with probability >= ``min_p`` times the largest;
+            ``0`` is off. Filters apply to the temperature-scaled distribution in the order top-k,
+            top-p, min-p.
+        seed: ``None`` (per-row keys from torch's default generator), an int (row ``b`` is keyed by a
+            hash of (seed, b)), or a ``[B]`` int64 tensor of per-row seeds. With a seed tensor, a row's
+            token depends only on (its logits, its parameters, its seed, ``offset``) and the backend.
+        offset: int >= 0, the Philox counter; use a new offset per decoding step.
+        return_logprobs: also return the log-probability of each drawn token under the
+            temperature-scaled, *unfiltered* distribution, ``log_softmax(logits / T)`` (T = 1 for greedy
+            rows): what a trainer's softmax over the same logits computes.
+
+    Returns:
+        ``[B]`` int64 tokens on the logits' device, or ``(tokens, logprobs)`` with fp32 logprobs.
+
+    Raises:
+        ValueError: a row holding NaN or +inf, a row that is all -inf, a parameter out of range, or a
+            shape, dtype or device mismatch.
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(f"sample_from_logits: logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() != 2:
+        raise ValueError(f"sample_from_logits: logits must be 2-D [B, V], got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"sample_from_logits: logits must be floating point, got {logits.dtype}")
+    if logits.dtype == torch.float64:
+        logits = logits.float()
+    if logits.shape[1] == 0:
+        raise ValueError("sample_from_logits: logits has an empty vocabulary dimension (V == 0)")
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or not 0 <= offset < 2**63:
+        raise ValueError(f"sample_from_logits: offset must be an int in [0, 2^63), got {offset!r}")
+    B, device = logits.shape[0], logits.device
+
+    t = _row_param("temperature", temperature, B, device, integer=False)
+    k = _row_param("top_k", top_k, B, device, integer=True)
+    p = _row_param("top_p", top_p, B, device, integer=False)
+    mp = _row_param("min_p", min_p, B, device, integer=False)
+    _check_range("temperature", t, torch.isfinite(t) & (t >= 0), "finite and >= 0")
+    _check_range("top_k", k, k >= 0, ">= 0")
+    _check_range("top_p", p, (p > 0) & (p <= 1), "in (0, 1]")
+    _check_range("min_p", mp, (mp >= 0) & (mp <= 1), "in [0, 1]")
+    seeds = _row_seeds(seed, B, device)
+    if B == 0:
+        empty = torch.empty(0, dtype=torch.int64, device=device)
+        return (empty, torch.empty(0, dtype=torch.float32, device=device)) if return_logprobs else empty
+
+    _, impl = _dispatch.select("sample_from_logits", _IMPLS, device)
+    tokens, logprobs = impl(logits.contiguous(), t, k, p, mp, seeds, int(offset), bool(return_logprobs))
+    bad = tokens < 0
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        why = "holds NaN or +inf" if int(tokens[row]) == STATUS_NON_FINITE else "is all -inf (every token masked)"
+        assert int(tokens[row]) in (STATUS_NON_FINITE, STATUS_ALL_MASKED)
+        raise ValueError(f"sample_from_logits: logits row {row} {why}; {int(bad.sum())} bad row(s) in total")
+    return (tokens, logprobs) if return_logprobs else tokens
