@@ -51,6 +51,34 @@ def philox_uniform(seed: torch.Tensor, offset: int, draw: int) -> torch.Tensor:
     return (out[0] >> 8).to(torch.float32) * (1.0 / 16777216.0)
 
 
+def _filtered_sorted(
+    x: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Filtered, normalised probabilities in descending order: (probs_sorted float64 [B, V], order [B, V])."""
+    B, V = x.shape
+    m = x.max(dim=1, keepdim=True).values
+    t = temperature.float().view(B, 1)
+    greedy = t == 0
+    e = torch.exp((x - m) / torch.where(greedy, torch.ones_like(t), t))
+    s, idx = torch.sort(e, dim=1, descending=True, stable=True)
+    k = top_k.to(torch.int64).view(B, 1)
+    kth = s.gather(1, (k.clamp(1, V) - 1))
+    keep = torch.where((k > 0) & (k < V), s >= kth, torch.ones_like(s, dtype=torch.bool))
+    z_k = (s * keep).sum(dim=1, keepdim=True)
+    # Mass strictly above each value = exclusive cumsum at the first index of its tie group.
+    pos = torch.arange(V, device=x.device).expand(B, V)
+    group_start = torch.ones_like(s, dtype=torch.bool)
+    group_start[:, 1:] = s[:, 1:] != s[:, :-1]
+    first = torch.cummax(torch.where(group_start, pos, torch.zeros_like(pos)), dim=1).values
+    above = (torch.cumsum(s, dim=1) - s).gather(1, first)
+    p = top_p.float().view(B, 1)
+    keep &= torch.where(p < 1, above < p * z_k, torch.ones_like(keep))
+    keep &= s >= min_p.float().view(B, 1)
+    keep = torch.where(greedy, pos == 0, keep)  # greedy: the first maximum (the stable sort puts it first)
+    kept = (s * keep).double()
+    return kept / kept.sum(dim=1, keepdim=True), idx
+
+
 def filtered_probs_reference(
     logits: torch.Tensor,
     temperature: torch.Tensor,
@@ -65,28 +93,8 @@ def filtered_probs_reference(
     mass; min-p keeps e >= min_p (e is relative to the most probable token). Greedy rows (T == 0) put
     all mass on the first maximum.
     """
-    x = logits.float()
-    B, V = x.shape
-    m = x.max(dim=1, keepdim=True).values
-    t = temperature.float().view(B, 1)
-    greedy = t == 0
-    e = torch.exp((x - m) / torch.where(greedy, torch.ones_like(t), t))
-    s, idx = torch.sort(e, dim=1, descending=True, stable=True)
-    k = top_k.to(torch.int64).view(B, 1)
-    kth = s.gather(1, (k.clamp(1, V) - 1))
-    keep_k = torch.where((k > 0) & (k < V), s >= kth, torch.ones_like(s, dtype=torch.bool))
-    z_k = (s * keep_k).sum(dim=1, keepdim=True)
-    # Mass strictly above each value = exclusive cumsum at the first index of its tie group.
-    first = torch.searchsorted(-s, -s, right=False)
-    above = (torch.cumsum(s, dim=1) - s).gather(1, first)
-    p = top_p.float().view(B, 1)
-    keep_p = torch.where(p < 1, above < p * z_k, torch.ones_like(s, dtype=torch.bool))
-    keep_min = s >= min_p.float().view(B, 1)
-    kept = (s * (keep_k & keep_p & keep_min)).double()
-    probs_sorted = kept / kept.sum(dim=1, keepdim=True)
-    probs = torch.zeros_like(probs_sorted).scatter(1, idx, probs_sorted)
-    one_hot = torch.zeros_like(probs).scatter(1, x.argmax(dim=1, keepdim=True), 1.0)
-    return torch.where(greedy, one_hot, probs)
+    probs_sorted, idx = _filtered_sorted(logits.float(), temperature, top_k, top_p, min_p)
+    return torch.zeros_like(probs_sorted).scatter(1, idx, probs_sorted)
 
 
 def sample_from_logits_reference(
@@ -107,16 +115,16 @@ def sample_from_logits_reference(
     """
     x = logits.float()
     B, V = x.shape
-    probs = filtered_probs_reference(x, temperature, top_k, top_p, min_p)
-    order = torch.sort(probs, dim=1, descending=True, stable=True).indices
-    cdf = torch.cumsum(probs.gather(1, order), dim=1)
-    u = philox_uniform(seed, offset, 0).double().view(B, 1)
-    pos = (cdf <= u).sum(dim=1, keepdim=True).clamp(max=V - 1)
-    n_pos = (probs > 0).sum(dim=1, keepdim=True).clamp(min=1)
-    tokens = order.gather(1, torch.minimum(pos, n_pos - 1)).view(B)
-
     nan_or_inf = torch.isnan(x).any(dim=1) | torch.isposinf(x).any(dim=1)
     all_masked = torch.isneginf(x).all(dim=1)
+    x = torch.where((nan_or_inf | all_masked).view(B, 1), torch.zeros_like(x), x)  # these rows get a status
+
+    probs_sorted, order = _filtered_sorted(x, temperature, top_k, top_p, min_p)
+    cdf = torch.cumsum(probs_sorted, dim=1)
+    u = philox_uniform(seed, offset, 0).double().view(B, 1)
+    pos = (cdf <= u).sum(dim=1, keepdim=True)
+    n_kept = (probs_sorted > 0).sum(dim=1, keepdim=True)  # rounding can leave u above the last cdf value
+    tokens = order.gather(1, torch.minimum(pos, n_kept - 1)).view(B)
     tokens = torch.where(all_masked, torch.full_like(tokens, STATUS_ALL_MASKED), tokens)
     tokens = torch.where(nan_or_inf, torch.full_like(tokens, STATUS_NON_FINITE), tokens)
 
@@ -127,3 +135,24 @@ def sample_from_logits_reference(
         lsm = torch.log_softmax(x / scale, dim=1)
         logprobs = lsm.gather(1, tokens.clamp(min=0).view(B, 1)).view(B)
     return tokens, logprobs
+
+
+def fused_linear_cross_entropy_reference(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """The semantics of ``ops.fused_linear_cross_entropy``, written the obvious way: full ``[N, V]``
+    logits ``hidden @ weight.T + bias`` in the inputs' dtype, then ``F.cross_entropy`` in fp32 (fp64 for fp64
+    inputs), the dtype of the op's loss. hidden ``[..., H]``, weight ``[V, H]``, labels ``[...]``, bias ``[V]``."""
+    import torch.nn.functional as F  # local: keeps this appended block self-contained
+
+    logits = hidden.reshape(-1, hidden.shape[-1]) @ weight.t()
+    if bias is not None:
+        logits = logits + bias
+    x = logits if logits.dtype == torch.float64 else logits.float()
+    loss = F.cross_entropy(x, labels.reshape(-1).long(), ignore_index=ignore_index, reduction=reduction)
+    return loss.view(labels.shape) if reduction == "none" else loss
