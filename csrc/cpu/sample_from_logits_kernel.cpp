@@ -1,9 +1,10 @@
 // CPU sample_from_logits, one row at a time, compiled once per CPU_CAPABILITY (DEFAULT/AVX2/AVX512).
-// Sorting-free: pass 1 converts the row to fp32 in a cache-resident buffer and takes the max; pass 2
-// replaces it by e = exp((l - max) / T) and sums it; top-k is a streaming selection with a pruning
-// threshold; top-p is rejection sampling over a rising pivot (a rejected token's value becomes the new
-// exclusive lower bound), so the row is never sorted. Every pass after the first reads the L2-resident
-// buffer with at::vec vectors; only pass 1 touches DRAM.
+// Sorting-free. The one DRAM pass reads the row tile by tile (L1-sized) and fuses the fp32 conversion,
+// the tile max and e = exp((l - tile max) / T) with its sum into a row buffer that stays in L2; tiles
+// are rescaled to the row max afterwards (online softmax), so temperature-only sampling is that pass
+// plus an inverse-CDF walk over tile sums. Top-k is a streaming selection with a pruning threshold;
+// top-p is rejection sampling over a rising pivot (a rejected token's value becomes the new exclusive
+// lower bound), so the row is never sorted. All inner loops use at::vec vectors.
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
@@ -136,21 +137,24 @@ inline float kth_largest(const float* buf, int64_t n, int64_t k, std::vector<flo
 }
 
 // Inverse-CDF draw over the restricted set {x >= ge, x > gt}: the first index whose running sum
-// exceeds target. Sums whole vectors and steps into the one that crosses.
+// exceeds target. Sums blocks of kBlock elements (one horizontal reduction each) and steps into the
+// block that crosses.
+constexpr int64_t kBlock = 16 * kW;
 inline int64_t scan_pick(const float* buf, int64_t n, float ge, float gt, double target) {
   const Vec vge(ge), vgt(gt), zero(0.f);
   double cum = 0.0;
-  int64_t last = -1;
   int64_t i = 0;
-  for (; i + kW <= n; i += kW) {
-    const Vec x = Vec::loadu(buf + i);
-    const Vec kept = Vec::blendv(zero, x, (x >= vge) & (x > vgt));
-    const float block = at::vec::vec_reduce_all<float>(std::plus<Vec>(), kept);
-    if (block <= 0.f) continue;
+  for (; i + kBlock <= n; i += kBlock) {
+    Vec acc(0.f);
+    for (int64_t j = i; j < i + kBlock; j += kW) {
+      const Vec x = Vec::loadu(buf + j);
+      acc = acc + Vec::blendv(zero, x, (x >= vge) & (x > vgt));
+    }
+    const double block = at::vec::vec_reduce_all<float>(std::plus<Vec>(), acc);
     if (cum + block > target) break;
     cum += block;
-    last = i;  // a vector with mass; refined below if no element crosses
   }
+  int64_t last = -1;
   for (; i < n; ++i) {
     const float x = buf[i];
     if (!(x >= ge && x > gt) || x <= 0.f) continue;
@@ -158,35 +162,88 @@ inline int64_t scan_pick(const float* buf, int64_t n, float ge, float gt, double
     if (cum > target) return i;
     last = i;
   }
+  if (last >= 0) return last;
   // Rounding left target at or above the total: take the last kept element with mass.
-  if (last >= 0) {
-    for (int64_t j = std::min(n, last + kW) - 1; j >= 0; --j)
-      if (buf[j] >= ge && buf[j] > gt && buf[j] > 0.f) return j;
-  }
+  for (int64_t j = n - 1; j >= 0; --j)
+    if (buf[j] >= ge && buf[j] > gt && buf[j] > 0.f) return j;
   return -1;
 }
 
-template <typename scalar_t>
-int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, float* buf,
-                   std::vector<float>& cand, float* logprob) {
-  // Pass 1 (DRAM): fp32 copy of the row and its max, tile by tile.
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t c = 0; c < V; c += kChunk) {
-    const int64_t len = std::min(kChunk, V - c);
-    to_float(row + c, buf + c, len);
-    const float cm = vmax(buf + c, len);
-    m = (std::isnan(cm) || std::isnan(m)) ? NAN : std::max(m, cm);
-  }
-  if (std::isnan(m) || m == std::numeric_limits<float>::infinity()) return kStatusNonFinite;
-  if (m == -std::numeric_limits<float>::infinity()) return kStatusAllMasked;
+struct Tile {
+  float max;   // tile max of the logits
+  double sum;  // sum of exp((l - tile max) / T) over the tile
+};
 
-  if (p.temperature == 0.f) {  // greedy: lowest index among the maxima
+template <typename scalar_t>
+int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, float* buf, std::vector<Tile>& tiles,
+                   std::vector<float>& cand, float* logprob) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const bool greedy = p.temperature == 0.f;
+  const float inv_t = greedy ? 1.f : 1.f / p.temperature;
+  // The DRAM pass, tile by tile while the tile is in L1: fp32 copy, tile max, and (unless greedy)
+  // e relative to the tile max and its sum.
+  const int64_t n_tiles = (V + kChunk - 1) / kChunk;
+  tiles.resize(static_cast<size_t>(n_tiles));
+  float m = -kInf;
+  for (int64_t c = 0; c < n_tiles; ++c) {
+    const int64_t lo = c * kChunk, len = std::min(kChunk, V - lo);
+    to_float(row + lo, buf + lo, len);
+    const float cm = vmax(buf + lo, len);
+    if (std::isnan(cm) || cm == kInf) return kStatusNonFinite;
+    tiles[c].max = cm;
+    m = std::max(m, cm);
+    if (greedy) continue;
+    if (cm == -kInf) {  // a fully masked tile has no mass
+      std::fill(buf + lo, buf + lo + len, 0.f);
+      tiles[c].sum = 0.0;
+    } else {
+      tiles[c].sum = exp_shift_sum(buf + lo, len, cm, inv_t);
+    }
+  }
+  if (m == -kInf) return kStatusAllMasked;
+
+  if (greedy) {  // lowest index among the maxima
     const int64_t tok = first_index_of(buf, V, m);
     if (logprob) *logprob = -static_cast<float>(std::log(exp_shift_sum(buf, V, m, 1.f)));
     return tok;
   }
-  const float inv_t = 1.f / p.temperature;
-  const double z = exp_shift_sum(buf, V, m, inv_t);  // now buf holds e, max e == 1
+  // Scale of each tile relative to the row max (online softmax).
+  double z = 0.0;
+  for (auto& t : tiles) {
+    if (t.max == -kInf) continue;
+    const double f = std::exp(static_cast<double>(t.max - m) * inv_t);
+    t.sum *= f;
+    z += t.sum;
+  }
+  const bool filtered = (p.top_k > 0 && p.top_k < V) || p.top_p < 1.f || p.min_p > 0.f;
+  if (!filtered) {  // temperature only: walk the tile sums, then the one tile that crosses
+    const double target = static_cast<double>(philox_uniform(p.seed, p.offset, 0)) * z;
+    double cum = 0.0;
+    int64_t c = 0;
+    for (; c + 1 < n_tiles && cum + tiles[c].sum <= target; ++c) cum += tiles[c].sum;
+    while (c > 0 && tiles[c].sum <= 0.0) --c;  // rounding ran past the last tile with mass
+    const int64_t lo = c * kChunk, len = std::min(kChunk, V - lo);
+    const double f = std::exp(static_cast<double>(tiles[c].max - m) * inv_t);
+    int64_t tok = scan_pick(buf + lo, len, -1.f, -1.f, (target - cum) / f);
+    if (tok < 0) tok = first_index_of(buf + lo, len, 1.f);
+    tok += lo;
+    if (logprob) {
+      float l_tok;
+      to_float(row + tok, &l_tok, 1);
+      *logprob = (l_tok - m) * inv_t - static_cast<float>(std::log(z));
+    }
+    return tok;
+  }
+  // Filters compare values across tiles: rescale e to the row max (max e == 1).
+  for (int64_t c = 0; c < n_tiles; ++c) {
+    const float f = tiles[c].max == -kInf ? 0.f : std::exp((tiles[c].max - m) * inv_t);
+    if (f == 1.f) continue;
+    const int64_t lo = c * kChunk, len = std::min(kChunk, V - lo);
+    const Vec vf(f);
+    int64_t i = lo;
+    for (; i + kW <= lo + len; i += kW) (Vec::loadu(buf + i) * vf).store(buf + i);
+    for (; i < lo + len; ++i) buf[i] *= f;
+  }
   const float* e = buf;
 
   const bool use_k = p.top_k > 0 && p.top_k < V;
@@ -227,8 +284,9 @@ void sample_from_logits_rows(const scalar_t* logits, int64_t V, int64_t begin, i
                              const SampleRowParams* params, int64_t* tokens, float* logprobs) {
   std::vector<float> buf(static_cast<size_t>(V));
   std::vector<float> cand;
+  std::vector<Tile> tiles;
   for (int64_t b = begin; b < end; ++b)
-    tokens[b] = sample_row(logits + b * V, V, params[b], buf.data(), cand, logprobs ? logprobs + b : nullptr);
+    tokens[b] = sample_row(logits + b * V, V, params[b], buf.data(), tiles, cand, logprobs ? logprobs + b : nullptr);
 }
 
 template void sample_from_logits_rows<float>(const float*, int64_t, int64_t, int64_t, const SampleRowParams*,
