@@ -103,37 +103,49 @@ inline double masked_sum(const float* buf, int64_t n, float ge, float gt) {
   return s;
 }
 
-// k-th largest value of buf (1 <= k < n) by streaming selection: candidates above a threshold are
+// k-th largest value of e (1 <= k < V) by streaming selection: candidates above a threshold are
 // collected, and when the list is full it is cut back to its k largest, which raises the threshold.
-inline float kth_largest(const float* buf, int64_t n, int64_t k, std::vector<float>& cand) {
+// Tiles whose max (emax) is not above the threshold are skipped whole.
+inline float kth_largest(const float* e, int64_t V, const float* emax, int64_t k, std::vector<float>& cand) {
   const size_t cap = static_cast<size_t>(std::max<int64_t>(2 * k, 512));
   cand.clear();
   float th = -std::numeric_limits<float>::infinity();
-  auto prune = [&]() {
-    std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), std::greater<float>());
-    cand.resize(k);
-    th = cand[k - 1];  // the k-th largest so far: values equal to it cannot change the answer
+  auto push = [&](float x) {
+    cand.push_back(x);
+    if (cand.size() >= cap) {
+      std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), std::greater<float>());
+      cand.resize(k);
+      th = cand[k - 1];  // the k-th largest so far: values equal to it cannot change the answer
+    }
   };
-  int64_t i = 0;
-  for (; i + kW <= n; i += kW) {
-    uint32_t mask = lane_mask(Vec::loadu(buf + i) > Vec(th));
-    while (mask) {
-      const int lane = __builtin_ctz(mask);
-      mask &= mask - 1;
-      const float x = buf[i + lane];
-      if (x > th) {
-        cand.push_back(x);
-        if (cand.size() >= cap) prune();
+  for (int64_t lo = 0, c = 0; lo < V; lo += kChunk, ++c) {
+    if (!(emax[c] > th)) continue;
+    const int64_t hi = std::min(V, lo + kChunk);
+    int64_t i = lo;
+    for (; i + kW <= hi; i += kW) {
+      uint32_t mask = lane_mask(Vec::loadu(e + i) > Vec(th));
+      while (mask) {
+        const int lane = __builtin_ctz(mask);
+        mask &= mask - 1;
+        if (e[i + lane] > th) push(e[i + lane]);
       }
     }
+    for (; i < hi; ++i)
+      if (e[i] > th) push(e[i]);
   }
-  for (; i < n; ++i)
-    if (buf[i] > th) {
-      cand.push_back(buf[i]);
-      if (cand.size() >= cap) prune();
-    }
   std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), std::greater<float>());
   return cand[k - 1];
+}
+
+// A tile can hold elements of {e >= ge, e > gt} only if its max can.
+inline bool tile_may_hold(float emax, float ge, float gt) { return emax >= ge && emax > gt && emax > 0.f; }
+
+// Sum of e over {e >= ge, e > gt}, skipping tiles that cannot contribute.
+inline double masked_sum_tiles(const float* e, int64_t V, const float* emax, float ge, float gt) {
+  double s = 0.0;
+  for (int64_t lo = 0, c = 0; lo < V; lo += kChunk, ++c)
+    if (tile_may_hold(emax[c], ge, gt)) s += masked_sum(e + lo, std::min(kChunk, V - lo), ge, gt);
+  return s;
 }
 
 // Inverse-CDF draw over the restricted set {x >= ge, x > gt}: the first index whose running sum
@@ -169,6 +181,27 @@ inline int64_t scan_pick(const float* buf, int64_t n, float ge, float gt, double
   return -1;
 }
 
+// Inverse-CDF draw over {e >= ge, e > gt} for the whole row: tile sums first, then the crossing tile.
+inline int64_t pick_tiles(const float* e, int64_t V, const float* emax, float ge, float gt, double target) {
+  double cum = 0.0;
+  int64_t last_lo = -1;
+  for (int64_t lo = 0, c = 0; lo < V; lo += kChunk, ++c) {
+    if (!tile_may_hold(emax[c], ge, gt)) continue;
+    const int64_t len = std::min(kChunk, V - lo);
+    const double ts = masked_sum(e + lo, len, ge, gt);
+    if (ts <= 0.0) continue;
+    if (cum + ts > target) {
+      const int64_t t = scan_pick(e + lo, len, ge, gt, target - cum);
+      if (t >= 0) return lo + t;
+    }
+    cum += ts;
+    last_lo = lo;
+  }
+  if (last_lo < 0) return -1;  // rounding ran past the end: the last kept element
+  return last_lo + scan_pick(e + last_lo, std::min(kChunk, V - last_lo), ge, gt,
+                             std::numeric_limits<double>::infinity());
+}
+
 struct Tile {
   float max;   // tile max of the logits
   double sum;  // sum of exp((l - tile max) / T) over the tile
@@ -176,7 +209,7 @@ struct Tile {
 
 template <typename scalar_t>
 int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, float* buf, std::vector<Tile>& tiles,
-                   std::vector<float>& cand, float* logprob) {
+                   std::vector<float>& emax, std::vector<float>& cand, float* logprob) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   const bool greedy = p.temperature == 0.f;
   const float inv_t = greedy ? 1.f : 1.f / p.temperature;
@@ -234,9 +267,12 @@ int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, flo
     }
     return tok;
   }
-  // Filters compare values across tiles: rescale e to the row max (max e == 1).
+  // Filters compare values across tiles: rescale e to the row max (max e == 1). The tile's max e is
+  // its scale factor, which lets the passes below skip tiles that cannot matter.
+  emax.resize(static_cast<size_t>(n_tiles));
   for (int64_t c = 0; c < n_tiles; ++c) {
     const float f = tiles[c].max == -kInf ? 0.f : std::exp((tiles[c].max - m) * inv_t);
+    emax[c] = f;
     if (f == 1.f) continue;
     const int64_t lo = c * kChunk, len = std::min(kChunk, V - lo);
     const Vec vf(f);
@@ -245,28 +281,29 @@ int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, flo
     for (; i < lo + len; ++i) buf[i] *= f;
   }
   const float* e = buf;
+  const float* em = emax.data();
 
   const bool use_k = p.top_k > 0 && p.top_k < V;
   const bool use_p = p.top_p < 1.f;
-  const float t_k = use_k ? kth_largest(e, V, p.top_k, cand) : 0.f;
+  const float t_k = use_k ? kth_largest(e, V, em, p.top_k, cand) : 0.f;
   const float ge = std::max(t_k, p.min_p);
-  const double z_k = use_k ? masked_sum(e, V, t_k, -1.f) : z;
-  double z_r = (ge > 0.f) ? (ge == t_k ? z_k : masked_sum(e, V, ge, -1.f)) : z;
+  const double z_k = use_k ? masked_sum_tiles(e, V, em, t_k, -1.f) : z;
+  double z_r = (ge > 0.f) ? (ge == t_k ? z_k : masked_sum_tiles(e, V, em, ge, -1.f)) : z;
   float gt = -1.f;  // exclusive lower bound raised by rejected top-p proposals
 
   int64_t tok = -1;
   for (uint32_t draw = 0;; ++draw) {
     const double target = static_cast<double>(philox_uniform(p.seed, p.offset, draw)) * z_r;
-    tok = scan_pick(e, V, ge, gt, target);
+    tok = pick_tiles(e, V, em, ge, gt, target);
     if (tok < 0) {  // nothing left with mass (cannot happen for a finite row); fall back to the max
       tok = first_index_of(e, V, 1.f);
       break;
     }
     if (!use_p) break;
-    const double above = masked_sum(e, V, -1.f, e[tok]);  // mass strictly more probable than tok
+    const double above = masked_sum_tiles(e, V, em, -1.f, e[tok]);  // mass strictly more probable than tok
     if (above < static_cast<double>(p.top_p) * z_k) break;
-    gt = e[tok];    // every token at most this probable fails top-p too
-    z_r = above;    // = mass of {e > gt}; gt >= ge already holds
+    gt = e[tok];  // every token at most this probable fails top-p too
+    z_r = above;  // = mass of {e > gt}; gt >= ge already holds
   }
   if (logprob) {
     float l_tok;
@@ -285,8 +322,10 @@ void sample_from_logits_rows(const scalar_t* logits, int64_t V, int64_t begin, i
   std::vector<float> buf(static_cast<size_t>(V));
   std::vector<float> cand;
   std::vector<Tile> tiles;
+  std::vector<float> emax;
   for (int64_t b = begin; b < end; ++b)
-    tokens[b] = sample_row(logits + b * V, V, params[b], buf.data(), tiles, cand, logprobs ? logprobs + b : nullptr);
+    tokens[b] = sample_row(logits + b * V, V, params[b], buf.data(), tiles, emax, cand,
+                           logprobs ? logprobs + b : nullptr);
 }
 
 template void sample_from_logits_rows<float>(const float*, int64_t, int64_t, int64_t, const SampleRowParams*,
