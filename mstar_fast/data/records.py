@@ -20,10 +20,18 @@ class Prompt:
     choices: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def question_with_choices(self) -> str:
+        """The question with its options appended (a ``Choices:`` line, then ``(A) ...`` lines), unless
+        it has none or they are already written in it (``meta["choices_in_question"]``, MathV360K style)."""
+        if not self.choices or self.meta.get("choices_in_question"):
+            return self.question
+        opts = "\n".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(self.choices))
+        return f"{self.question}\nChoices:\n{opts}"
+
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["images"] = [im if isinstance(im, str) else f"<{type(im).__name__}>" for im in self.images]
-        return d
+        # Replace in-memory images first: asdict would deep-copy every PIL image.
+        images = [im if isinstance(im, str) else f"<{type(im).__name__}>" for im in self.images]
+        return dataclasses.asdict(dataclasses.replace(self, images=images))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Prompt:

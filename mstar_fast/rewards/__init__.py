@@ -1,0 +1,17 @@
+"""Rewards: final-answer extraction, answer matching (the binary outcome reward) and majority / weighted
+vote for pseudo-labels. Pure Python; ``math_verify`` is used for symbolic equivalence when installed."""
+
+from mstar_fast.rewards.extract import extract_answer
+from mstar_fast.rewards.match import answers_match, check_answer, math_verify_available
+from mstar_fast.rewards.vote import VoteGroup, majority_vote, vote_groups, weighted_vote
+
+__all__ = [
+    "extract_answer",
+    "answers_match",
+    "check_answer",
+    "math_verify_available",
+    "majority_vote",
+    "weighted_vote",
+    "vote_groups",
+    "VoteGroup",
+]
