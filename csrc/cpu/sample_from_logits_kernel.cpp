@@ -70,22 +70,28 @@ inline int64_t first_index_of(const float* buf, int64_t n, float v) {
   return n - 1;
 }
 
-// In place: buf[i] = exp((buf[i] - m) * inv_t); returns the sum.
-inline double exp_shift_sum(float* buf, int64_t n, float m, float inv_t) {
-  const Vec vm(m), vs(inv_t);
-  Vec acc(0.f);
+// In place: buf[i] = exp((buf[i] - m) * inv_t); returns the sum and, if asked, the max of the results.
+// The tail goes through the same vector exp as the body, so equal logits always get equal e (the top-k
+// and top-p rules keep or drop ties together).
+inline double exp_shift_sum(float* buf, int64_t n, float m, float inv_t, float* emax = nullptr) {
+  const Vec vm(m), vs(inv_t), zero(0.f);
+  Vec acc(0.f), mx(0.f);
   int64_t i = 0;
   for (; i + kW <= n; i += kW) {
     const Vec e = ((Vec::loadu(buf + i) - vm) * vs).exp_u20();
     e.store(buf + i);
     acc = acc + e;
+    mx = at::vec::maximum(mx, e);
   }
-  double s = at::vec::vec_reduce_all<float>(std::plus<Vec>(), acc);
-  for (; i < n; ++i) {
-    buf[i] = std::exp((buf[i] - m) * inv_t);
-    s += buf[i];
+  if (i < n) {
+    const int64_t rest = n - i;
+    const Vec e = Vec::set(zero, ((Vec::loadu(buf + i, rest) - vm) * vs).exp_u20(), rest);
+    e.store(buf + i, rest);
+    acc = acc + e;
+    mx = at::vec::maximum(mx, e);
   }
-  return s;
+  if (emax) *emax = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, mx);
+  return at::vec::vec_reduce_all<float>(std::plus<Vec>(), acc);
 }
 
 // Sum of buf[i] over buf[i] >= ge and buf[i] > gt.
@@ -213,8 +219,10 @@ int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, flo
   constexpr float kInf = std::numeric_limits<float>::infinity();
   const bool greedy = p.temperature == 0.f;
   const float inv_t = greedy ? 1.f : 1.f / p.temperature;
-  // The DRAM pass, tile by tile while the tile is in L1: fp32 copy, tile max, and (unless greedy)
-  // e relative to the tile max and its sum.
+  // The DRAM pass, tile by tile while the tile is in L1: fp32 copy, tile max, and for temperature-only
+  // rows e relative to the tile max and its sum (online softmax). Filtered rows compute e against the
+  // row max in a second, L2-resident pass instead: e of equal logits must be bit-equal across tiles.
+  const bool filtered = (p.top_k > 0 && p.top_k < V) || p.top_p < 1.f || p.min_p > 0.f;
   const int64_t n_tiles = (V + kChunk - 1) / kChunk;
   tiles.resize(static_cast<size_t>(n_tiles));
   float m = -kInf;
@@ -225,7 +233,7 @@ int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, flo
     if (std::isnan(cm) || cm == kInf) return kStatusNonFinite;
     tiles[c].max = cm;
     m = std::max(m, cm);
-    if (greedy) continue;
+    if (greedy || filtered) continue;
     if (cm == -kInf) {  // a fully masked tile has no mass
       std::fill(buf + lo, buf + lo + len, 0.f);
       tiles[c].sum = 0.0;
@@ -240,16 +248,10 @@ int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, flo
     if (logprob) *logprob = -static_cast<float>(std::log(exp_shift_sum(buf, V, m, 1.f)));
     return tok;
   }
-  // Scale of each tile relative to the row max (online softmax).
-  double z = 0.0;
-  for (auto& t : tiles) {
-    if (t.max == -kInf) continue;
-    const double f = std::exp(static_cast<double>(t.max - m) * inv_t);
-    t.sum *= f;
-    z += t.sum;
-  }
-  const bool filtered = (p.top_k > 0 && p.top_k < V) || p.top_p < 1.f || p.min_p > 0.f;
-  if (!filtered) {  // temperature only: walk the tile sums, then the one tile that crosses
+  if (!filtered) {  // temperature only: scale tile sums to the row max, walk them, then one tile
+    double z = 0.0;
+    for (auto& t : tiles)
+      if (t.max != -kInf) z += (t.sum *= std::exp(static_cast<double>(t.max - m) * inv_t));
     const double target = static_cast<double>(philox_uniform(p.seed, p.offset, 0)) * z;
     double cum = 0.0;
     int64_t c = 0;
@@ -267,18 +269,13 @@ int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, flo
     }
     return tok;
   }
-  // Filters compare values across tiles: rescale e to the row max (max e == 1). The tile's max e is
-  // its scale factor, which lets the passes below skip tiles that cannot matter.
+  // Filtered rows: e = exp((l - m) / T) for the whole row (max e == 1), with each tile's max e so the
+  // passes below can skip tiles that cannot hold a kept token.
   emax.resize(static_cast<size_t>(n_tiles));
+  double z = 0.0;
   for (int64_t c = 0; c < n_tiles; ++c) {
-    const float f = tiles[c].max == -kInf ? 0.f : std::exp((tiles[c].max - m) * inv_t);
-    emax[c] = f;
-    if (f == 1.f) continue;
     const int64_t lo = c * kChunk, len = std::min(kChunk, V - lo);
-    const Vec vf(f);
-    int64_t i = lo;
-    for (; i + kW <= lo + len; i += kW) (Vec::loadu(buf + i) * vf).store(buf + i);
-    for (; i < lo + len; ++i) buf[i] *= f;
+    z += exp_shift_sum(buf + lo, len, m, inv_t, &emax[c]);
   }
   const float* e = buf;
   const float* em = emax.data();

@@ -125,6 +125,20 @@ def test_frequencies_match_the_filtered_distribution(backend, case, V):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("params", [dict(top_k=9), dict(top_k=9, top_p=0.5), dict(top_p=0.3, min_p=0.1)])
+def test_ties_are_kept_or_dropped_together(backend, params):
+    """Equal logits anywhere in the row (across tiles and vector tails) get the same fate: with k=9 the
+    9th value (0.0) is tied 2000 times, and all 2000 are kept."""
+    g = _gen(3)
+    row = torch.cat([torch.full((3,), 5.0), torch.full((5,), 4.0), torch.zeros(2000), torch.full((100,), -200.0)])
+    row = row[torch.randperm(row.numel(), generator=g)]
+    counts, probs = _draw_counts(backend, row, _n_draws(backend, row.numel()), **params)
+    assert counts[probs == 0].sum() == 0
+    stat, df = chi2_stat(counts, probs)
+    assert stat < chi2_quantile(df), f"chi2={stat:.1f} df={df}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_per_row_temperatures_in_one_batch(backend):
     V, n = 50, _n_draws(backend)
     row = torch.randn(V, generator=_gen(9))
