@@ -1,0 +1,139 @@
+"""Tiny-model factory, loading and prompt formatting (no hub: everything is built locally)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from mstar_fast.data.records import Prompt
+from mstar_fast.models import (
+    ARCHS,
+    PromptError,
+    encode_prompt,
+    format_prompt,
+    load_images,
+    load_policy,
+    make_tiny_vlm,
+    read_tiny_spec,
+    train_tiny_tokenizer,
+)
+
+VLM_ARCHS = [a for a in ARCHS if a != "llama"]
+SMALL = dict(vocab_size=512, hidden_size=32, image_size=32, num_layers=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning OpenMP
+    threads make them several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class _Dirs(dict):
+    """arch -> model directory, built on first use; an arch whose processor needs a missing package
+    (torchvision, in some transformers releases) is skipped, not failed."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, arch):
+        try:
+            self[arch] = make_tiny_vlm(arch, self.root / arch, **SMALL)
+        except ImportError as e:
+            pytest.skip(f"{arch}: {str(e).strip().splitlines()[0]}")
+        return self[arch]
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    return _Dirs(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "img.png"
+    g = torch.Generator().manual_seed(0)
+    Image.fromarray(torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8).numpy()).save(path)
+    return str(path)
+
+
+def test_tokenizer_round_trips_ascii_and_keeps_step_separator():
+    tok = train_tiny_tokenizer(["<image>"], vocab_size=400)
+    text = "".join(chr(c) for c in range(32, 127)) + "\n\nStep 2: 3 * 4 = 12\n\n# Answer\n\n12"
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    step = tok.convert_tokens_to_ids("\n\n")
+    assert ids.count(step) == 3  # "\n\n" is one non-special token: it survives skip_special_tokens
+    assert tok.eos_token_id == 0 and tok.convert_tokens_to_ids("<image>") == 1
+    assert len(tok) <= 400
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_make_and_load(tiny_dirs, image, arch):
+    spec = read_tiny_spec(tiny_dirs[arch])
+    assert spec.arch == arch and spec.vocab_size <= SMALL["vocab_size"] and spec.num_parameters > 0
+    model, processor = load_policy(tiny_dirs[arch])
+    assert not model.training
+    assert model.get_input_embeddings().weight.shape[0] == spec.vocab_size
+    prompt = Prompt(id="p", question="What is 2 + 3?", images=[image] if arch != "llama" else [])
+    enc = encode_prompt(processor, prompt)
+    if arch != "llama":
+        cfg = model.config
+        image_id = cfg.image_token_id if hasattr(cfg, "image_token_id") else cfg.image_token_index
+        assert int((enc["input_ids"] == image_id).sum()) == spec.num_image_tokens  # square image: fixed count
+    out = model.generate(**enc, max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, enc["input_ids"].shape[1] + 3)
+
+
+def test_seed_fixes_the_weights(tmp_path):
+    a = make_tiny_vlm("llava", tmp_path / "a", seed=3, **SMALL)
+    b = make_tiny_vlm("llava", tmp_path / "b", seed=3, **SMALL)
+    c = make_tiny_vlm("llava", tmp_path / "c", seed=4, **SMALL)
+    wa, wb, wc = (load_policy(d)[0].get_input_embeddings().weight for d in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+@pytest.mark.parametrize("arch,expected", [
+    ("qwen2_vl", "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n<|im_start|>assistant\n"),
+    ("llava", "USER: <image>\nQ? ASSISTANT:"),
+    ("idefics3", "User:<image>Q?<end_of_utterance>\nAssistant:"),
+])
+def test_chat_template_per_family(tiny_dirs, arch, expected):
+    _, processor = load_policy(tiny_dirs[arch])
+    text, templated = format_prompt(processor, Prompt(id="p", question="Q?", images=["unused.png"]))
+    assert templated and text == expected
+
+
+def test_plain_template_without_chat_template(tiny_dirs):
+    _, processor = load_policy(tiny_dirs["llava"])
+    processor.chat_template = None
+    processor.tokenizer.chat_template = None
+    prompt = Prompt(id="p", question="Q?", images=["a.png", "b.png"], choices=["1", "2"])
+    text, templated = format_prompt(processor, prompt, include_choices=True, instruction="Think.")
+    assert not templated and text == "<image><image>Q?\nChoices:\n(A) 1\n(B) 2\nThink.\n"
+
+
+def test_per_prompt_errors(tiny_dirs, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(PromptError, match="cannot open image 0"):
+        load_images([str(bad)])
+    with pytest.raises(PromptError, match="cannot open image 0"):
+        load_images([str(tmp_path / "missing.png")])
+    _, tok = load_policy(tiny_dirs["llama"])
+    with pytest.raises(PromptError, match="text-only"):
+        encode_prompt(tok, Prompt(id="p", question="Q", images=[str(bad)]))
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown arch"):
+        make_tiny_vlm("gpt5", tmp_path)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        make_tiny_vlm("llava", tmp_path, image_size=20, patch_size=8)
+    with pytest.raises(ValueError, match="dtype"):
+        load_policy(tmp_path, dtype="float8")
