@@ -1,0 +1,58 @@
+"""Fixtures of the training tests: tiny random models written once per session, one torch thread."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mstar_fast.data.records import Prompt, Sample
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models on a shared 2-core machine: OpenMP spinning across 2 threads costs ~50x what it saves.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Lazily built tiny model directories, keyed by arch."""
+    from mstar_fast.models import make_tiny_vlm
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    cache: dict[str, object] = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            cache[arch] = make_tiny_vlm(arch, root / arch, vocab_size=320, hidden_size=32, image_size=16,
+                                        patch_size=4, num_layers=2, seed=0)
+        return cache[arch]
+
+    return get
+
+
+def load(path, dropout: float = 0.0):
+    """(model, processor) from a tiny model dir; ``dropout`` > 0 turns attention dropout on (RNG use)."""
+    from mstar_fast.models import load_policy
+
+    model, processor = load_policy(path)
+    if dropout:
+        for m in model.modules():
+            if hasattr(m, "attention_dropout"):
+                m.attention_dropout = dropout
+    return model, processor
+
+
+def qa_pairs(n: int, images: list | None = None, seed: int = 0) -> list[tuple[Prompt, Sample]]:
+    """n (Prompt, Sample) pairs of arithmetic with step-by-step answers, of varied lengths."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        a, b = (int(v) for v in torch.randint(1, 50, (2,), generator=g))
+        steps = "\n\n".join(f"Step {k + 1}: add {a} and {b}." for k in range(1 + i % 3))
+        p = Prompt(id=f"q{seed}-{i}", question=f"What is {a} + {b}?", images=list(images or []), answer=str(a + b))
+        out.append((p, Sample(prompt_id=p.id, index=0, text=f"{steps}\n\n# Answer\n\n{a + b}")))
+    return out
