@@ -2,12 +2,18 @@
 ``cuda`` | ``triton`` | ``cpp`` | ``torch``, forced with ``use_backend`` or ``MSTAR_FAST_BACKEND``."""
 
 from mstar_fast.ops._dispatch import BACKENDS, BackendUnavailableError, available_backends, use_backend
+from mstar_fast.ops.prm import prm_step_scores
 from mstar_fast.ops.sampling import sample_from_logits
+from mstar_fast.ops.segments import REDUCTIONS, group_topk, segment_reduce
 
 __all__ = [
     "BACKENDS",
+    "REDUCTIONS",
     "BackendUnavailableError",
     "available_backends",
+    "group_topk",
+    "prm_step_scores",
     "sample_from_logits",
+    "segment_reduce",
     "use_backend",
 ]
