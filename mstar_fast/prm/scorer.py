@@ -149,7 +149,8 @@ class PRMScorer:
     ) -> None:
         self.model = model
         self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", None) or processor
+        tokenizer = getattr(processor, "tokenizer", None)
+        self.tokenizer = tokenizer if tokenizer is not None else processor
         self.step_tag = step_tag
         self.step_separator = step_separator
         self.answer_marker = answer_marker
