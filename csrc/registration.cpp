@@ -10,15 +10,27 @@ TORCH_LIBRARY(mstar_fast, m) {
   m.def(
       "sample_from_logits(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
       "Tensor seed, int offset, bool return_logprobs) -> (Tensor, Tensor)");
+  // P(good step) at the step-tag rows `positions` of hidden [N, H]; weight [2, H] (good, bad) or [1, H].
+  m.def("prm_step_scores(Tensor hidden, Tensor positions, Tensor weight, Tensor? bias) -> Tensor");
+  // reduce in {min, max, mean, sum, prod, last}; offsets [R + 1] int64; empty segment -> NaN.
+  m.def("segment_reduce(Tensor values, Tensor offsets, str reduce) -> Tensor");
+  // Per group, the k best valid rows (NaN lowest, ties to the lower index) as a bool mask [L].
+  m.def("group_topk(Tensor scores, Tensor group_offsets, int k, Tensor? valid) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mstar_fast, CPU, m) {
   m.impl("sample_from_logits", &mstar_fast::sample_from_logits_cpu);
+  m.impl("prm_step_scores", &mstar_fast::prm_step_scores_cpu);
+  m.impl("segment_reduce", &mstar_fast::segment_reduce_cpu);
+  m.impl("group_topk", &mstar_fast::group_topk_cpu);
 }
 
 #ifdef MSTAR_WITH_CUDA
 TORCH_LIBRARY_IMPL(mstar_fast, CUDA, m) {
   m.impl("sample_from_logits", &mstar_fast::sample_from_logits_cuda);
+  m.impl("prm_step_scores", &mstar_fast::prm_step_scores_cuda);
+  m.impl("segment_reduce", &mstar_fast::segment_reduce_cuda);
+  m.impl("group_topk", &mstar_fast::group_topk_cuda);
 }
 #endif
 

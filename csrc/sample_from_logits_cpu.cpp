@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "mstar/cpu_level.h"
 #include "mstar/sample_from_logits.h"
 #include "ops.h"
 
@@ -23,20 +24,6 @@ MSTAR_DECLARE_ROWS(AVX512)
 }  // namespace mstar::cpu
 
 namespace mstar_fast {
-
-// Widest instruction set this CPU runs: 2 = AVX512, 1 = AVX2, 0 = DEFAULT. (ATen's own
-// get_cpu_capability is not exported from libtorch.)
-static int cpu_level() {
-  static const int level = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
-    return 0;
-  }();
-  return level;
-}
 
 std::vector<mstar::SampleRowParams> pack_sample_params(const at::Tensor& logits, const at::Tensor& temperature,
                                                        const at::Tensor& top_k, const at::Tensor& top_p,
@@ -89,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> sample_from_logits_cpu(const at::Tensor& logi
   int64_t* tok = tokens.data_ptr<int64_t>();
   float* lp = return_logprobs ? logprobs.data_ptr<float>() : nullptr;
 
-  const int cap = cpu_level();
+  const int cap = mstar::cpu_level();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "sample_from_logits_cpu", [&] {
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, float, scalar_t>;  // double rejected above
     const T* src = reinterpret_cast<const T*>(x.data_ptr());

@@ -148,7 +148,7 @@ def fused_linear_cross_entropy_reference(
     """The semantics of ``ops.fused_linear_cross_entropy``, written the obvious way: full ``[N, V]``
     logits ``hidden @ weight.T + bias`` in the inputs' dtype, then ``F.cross_entropy`` in fp32 (fp64 for fp64
     inputs), the dtype of the op's loss. hidden ``[..., H]``, weight ``[V, H]``, labels ``[...]``, bias ``[V]``."""
-    import torch.nn.functional as F  # local: keeps this appended block self-contained
+    import torch.nn.functional as F
 
     logits = hidden.reshape(-1, hidden.shape[-1]) @ weight.t()
     if bias is not None:
@@ -156,3 +156,71 @@ def fused_linear_cross_entropy_reference(
     x = logits if logits.dtype == torch.float64 else logits.float()
     loss = F.cross_entropy(x, labels.reshape(-1).long(), ignore_index=ignore_index, reduction=reduction)
     return loss.view(labels.shape) if reduction == "none" else loss
+
+
+def prm_step_scores_reference(
+    hidden: torch.Tensor, positions: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """P(good step) at the step-tag rows: fp32 ``[S]``.
+
+    hidden ``[N, H]``, positions ``[S]`` int64 row indices, weight ``[2, H]`` (good and bad reward-token
+    rows of the LM head) or ``[1, H]`` (a value head), bias ``[2]`` / ``[1]`` or None. Logits are
+    ``hidden[positions] @ weight.T + bias`` in fp32; two rows give ``softmax(logits)[:, 0]``, written as
+    the equal ``sigmoid(l_good - l_bad)``; one row gives ``sigmoid(l)``.
+    """
+    logits = hidden.index_select(0, positions).float() @ weight.float().T
+    if bias is not None:
+        logits = logits + bias.float()
+    if weight.shape[0] == 2:
+        return torch.sigmoid(logits[:, 0] - logits[:, 1])
+    return torch.sigmoid(logits[:, 0])
+
+
+def segment_reduce_reference(values: torch.Tensor, offsets: torch.Tensor, reduce: str) -> torch.Tensor:
+    """``out[r] = reduce(values[offsets[r]:offsets[r+1]])``: ``[R]`` in values' dtype.
+
+    reduce in {min, max, mean, sum, prod, last}; accumulated in fp32 (fp64 for fp64 values); an empty
+    segment gives NaN; min and max propagate NaN. offsets ``[R + 1]`` int64 from 0 to ``len(values)``.
+    """
+    acc_dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+    x = values.to(acc_dtype)
+    R = offsets.shape[0] - 1
+    counts = offsets[1:] - offsets[:-1]
+    seg = torch.repeat_interleave(torch.arange(R, device=values.device), counts)
+    nan = torch.full((R,), float("nan"), dtype=acc_dtype, device=values.device)
+    if reduce == "last":
+        out = torch.where(counts > 0, x[(offsets[1:] - 1).clamp(min=0)] if x.numel() else nan, nan)
+    elif reduce in ("min", "max", "sum", "prod", "mean"):
+        how = {"min": "amin", "max": "amax", "sum": "sum", "prod": "prod", "mean": "sum"}[reduce]
+        out = torch.zeros(R, dtype=acc_dtype, device=values.device).scatter_reduce(0, seg, x, how, include_self=False)
+        if reduce == "mean":
+            out = out / counts.to(acc_dtype)
+        out = torch.where(counts > 0, out, nan)
+    else:
+        raise ValueError(f"segment_reduce: reduce must be one of min, max, mean, sum, prod, last; got {reduce!r}")
+    return out.to(values.dtype)
+
+
+def group_topk_reference(
+    scores: torch.Tensor, group_offsets: torch.Tensor, k: int, valid: torch.Tensor | None
+) -> torch.Tensor:
+    """Per group, the k best valid rows as a bool mask ``[L]``.
+
+    Rows rank by score, highest first, NaN after every number, ties (and NaN against NaN) to the lower
+    index; invalid rows are never marked. Done as stable sorts from the least to the most significant
+    key: score (descending, NaN as -inf), NaN last, valid first, group.
+    """
+    L = scores.shape[0]
+    G = group_offsets.shape[0] - 1
+    counts = group_offsets[1:] - group_offsets[:-1]
+    group = torch.repeat_interleave(torch.arange(G, device=scores.device), counts)
+    s = scores.double()
+    is_nan = torch.isnan(s)
+    ok = valid if valid is not None else torch.ones(L, dtype=torch.bool, device=scores.device)
+    order = torch.arange(L, device=scores.device)
+    for key, descending in ((torch.where(is_nan, float("-inf"), s), True), (is_nan.long(), False),
+                            ((~ok).long(), False), (group, False)):
+        order = order[torch.sort(key[order], descending=descending, stable=True).indices]
+    rank = torch.empty(L, dtype=torch.long, device=scores.device)
+    rank[order] = torch.arange(L, device=scores.device) - group_offsets[group[order]]
+    return ok & (rank < k)
