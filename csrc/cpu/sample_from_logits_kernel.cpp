@@ -1,10 +1,10 @@
 // CPU sample_from_logits, one row at a time, compiled once per CPU_CAPABILITY (DEFAULT/AVX2/AVX512).
 // Sorting-free. The one DRAM pass reads the row tile by tile (L1-sized) and fuses the fp32 conversion,
-// the tile max and e = exp((l - tile max) / T) with its sum into a row buffer that stays in L2; tiles
-// are rescaled to the row max afterwards (online softmax), so temperature-only sampling is that pass
-// plus an inverse-CDF walk over tile sums. Top-k is a streaming selection with a pruning threshold;
-// top-p is rejection sampling over a rising pivot (a rejected token's value becomes the new exclusive
-// lower bound), so the row is never sorted. All inner loops use at::vec vectors.
+// the tile max and sum of e = exp((l - tile max) / T); tiles are rescaled to the row max afterwards
+// (online softmax). Temperature-only rows store nothing (fp32 rows are not even copied): the inverse-CDF
+// walk over tile sums picks a tile, whose e are recomputed bit-identically. Filtered rows keep an fp32
+// copy in L2 and compute e against the row max. Top-k is a streaming selection with a pruning
+// threshold; top-p is rejection sampling over a rising pivot, so the row is never sorted. at::vec loops.
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
@@ -14,6 +14,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "mstar/philox.h"
@@ -92,6 +93,24 @@ inline double exp_shift_sum(float* buf, int64_t n, float m, float inv_t, float* 
   }
   if (emax) *emax = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, mx);
   return at::vec::vec_reduce_all<float>(std::plus<Vec>(), acc);
+}
+
+// Sum of exp((x[i] - m) * inv_t), nothing stored: temperature-only rows need e of one tile only, which
+// is recomputed bit-identically (same inputs, same vector exp) when that tile is picked.
+inline double exp_sum(const float* x, int64_t n, float m, float inv_t) {
+  const Vec vm(m), vs(inv_t), zero(0.f);
+  Vec acc0(0.f), acc1(0.f);  // two accumulators: the adds do not serialize behind one another
+  int64_t i = 0;
+  for (; i + 2 * kW <= n; i += 2 * kW) {
+    acc0 = acc0 + ((Vec::loadu(x + i) - vm) * vs).exp_u20();
+    acc1 = acc1 + ((Vec::loadu(x + i + kW) - vm) * vs).exp_u20();
+  }
+  for (; i + kW <= n; i += kW) acc0 = acc0 + ((Vec::loadu(x + i) - vm) * vs).exp_u20();
+  if (i < n) {
+    const int64_t rest = n - i;
+    acc1 = acc1 + Vec::set(zero, ((Vec::loadu(x + i, rest) - vm) * vs).exp_u20(), rest);
+  }
+  return at::vec::vec_reduce_all<float>(std::plus<Vec>(), acc0 + acc1);
 }
 
 // Sum of buf[i] over buf[i] >= ge and buf[i] > gt.
@@ -223,23 +242,24 @@ int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, flo
   // rows e relative to the tile max and its sum (online softmax). Filtered rows compute e against the
   // row max in a second, L2-resident pass instead: e of equal logits must be bit-equal across tiles.
   const bool filtered = (p.top_k > 0 && p.top_k < V) || p.top_p < 1.f || p.min_p > 0.f;
+  const bool temp_only = !greedy && !filtered;
   const int64_t n_tiles = (V + kChunk - 1) / kChunk;
   tiles.resize(static_cast<size_t>(n_tiles));
   float m = -kInf;
   for (int64_t c = 0; c < n_tiles; ++c) {
     const int64_t lo = c * kChunk, len = std::min(kChunk, V - lo);
-    to_float(row + lo, buf + lo, len);
-    const float cm = vmax(buf + lo, len);
+    const float* x = buf + lo;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (temp_only) x = row + lo;  // fp32 temperature-only rows are read in place: no copy, no store
+      else to_float(row + lo, buf + lo, len);
+    } else {
+      to_float(row + lo, buf + lo, len);
+    }
+    const float cm = vmax(x, len);
     if (std::isnan(cm) || cm == kInf) return kStatusNonFinite;
     tiles[c].max = cm;
     m = std::max(m, cm);
-    if (greedy || filtered) continue;
-    if (cm == -kInf) {  // a fully masked tile has no mass
-      std::fill(buf + lo, buf + lo + len, 0.f);
-      tiles[c].sum = 0.0;
-    } else {
-      tiles[c].sum = exp_shift_sum(buf + lo, len, cm, inv_t);
-    }
+    if (temp_only) tiles[c].sum = cm == -kInf ? 0.0 : exp_sum(x, len, cm, inv_t);  // masked tile: no mass
   }
   if (m == -kInf) return kStatusAllMasked;
 
@@ -258,6 +278,8 @@ int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, flo
     for (; c + 1 < n_tiles && cum + tiles[c].sum <= target; ++c) cum += tiles[c].sum;
     while (c > 0 && tiles[c].sum <= 0.0) --c;  // rounding ran past the last tile with mass
     const int64_t lo = c * kChunk, len = std::min(kChunk, V - lo);
+    if constexpr (std::is_same_v<scalar_t, float>) to_float(row + lo, buf + lo, len);  // bf16/fp16: still in buf
+    exp_shift_sum(buf + lo, len, tiles[c].max, inv_t);  // e of the picked tile, as its sum saw them
     const double f = std::exp(static_cast<double>(tiles[c].max - m) * inv_t);
     int64_t tok = scan_pick(buf + lo, len, -1.f, -1.f, (target - cum) / f);
     if (tok < 0) tok = first_index_of(buf + lo, len, 1.f);
