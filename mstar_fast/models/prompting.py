@@ -16,6 +16,9 @@ from mstar_fast.data.records import Prompt
 
 # Used when neither processor nor tokenizer has a chat template; {images} is one image token per image.
 PLAIN_TEMPLATE = "{images}{question}\n"
+# A Prompt whose meta holds a string under this key is continued from that partial response: the text is
+# appended after the generation prompt (Monte-Carlo step labels sample completions of response prefixes).
+RESPONSE_PREFIX_KEY = "response_prefix"
 
 
 class PromptError(ValueError):
@@ -79,12 +82,29 @@ def _chat_template(processor: Any) -> str | None:
 
 def format_prompt(processor: Any, prompt: Prompt, instruction: str | None = None, include_choices: bool = False,
                   template: str = PLAIN_TEMPLATE) -> tuple[str, bool]:
-    """Prompt text ready for the processor, with the generation prompt (assistant header) appended.
+    """Prompt text ready for the processor, with the generation prompt (assistant header) appended, then
+    ``prompt.meta[RESPONSE_PREFIX_KEY]`` when set (a partial response the model continues).
 
     Returns:
         ``(text, templated)``; ``templated`` is True when a chat template produced it (its special
         tokens are already in the text, so the tokenizer must not add BOS/EOS again).
+
+    Raises:
+        PromptError: ``meta[RESPONSE_PREFIX_KEY]`` is set but is not a string.
     """
+    text, templated = _format_turn(processor, prompt, instruction, include_choices, template)
+    prefix = (prompt.meta or {}).get(RESPONSE_PREFIX_KEY)
+    if prefix is not None:
+        if not isinstance(prefix, str):
+            raise PromptError(f"prompt {prompt.id!r}: meta[{RESPONSE_PREFIX_KEY!r}] must be a str, "
+                              f"got {type(prefix).__name__}")
+        text += prefix
+    return text, templated
+
+
+def _format_turn(processor: Any, prompt: Prompt, instruction: str | None, include_choices: bool,
+                 template: str) -> tuple[str, bool]:
+    """The user turn and the generation prompt (see :func:`format_prompt`)."""
     if _chat_template(processor):
         messages = build_messages(prompt, instruction, include_choices)
         if is_multimodal_processor(processor) or not prompt.images:

@@ -163,6 +163,7 @@ class PRMScorer:
 
         self.tag_id = self._check_step_tag(step_tag, step_separator)
         self.backbone = self._find_backbone(model)
+        self._rope_holders = [m for m in model.modules() if "rope_deltas" in vars(m)]
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.backbone.forward).parameters else "past_key_values"
         config = getattr(model, "config", None)
         text_config = getattr(config, "text_config", None) or config
@@ -296,6 +297,20 @@ class PRMScorer:
     def _forward(self, **inputs: Any) -> Any:
         return self.backbone(**inputs, return_dict=True)
 
+    def _reset_rope_deltas(self) -> None:
+        """M-RoPE models (Qwen2-VL family) keep the last prompt's position offset in ``rope_deltas``; a
+        stale one would shift the positions of the next prompt."""
+        for m in self._rope_holders:
+            m.rope_deltas = None
+
+    def _rope_delta(self) -> int:
+        """Offset of text positions after the prefix forward: M-RoPE packs an image's tokens into fewer
+        positions, so the first continuation token sits at ``P + delta``, not ``P``."""
+        for m in self._rope_holders:
+            if isinstance(m.rope_deltas, torch.Tensor):
+                return int(m.rope_deltas.reshape(-1)[0])
+        return 0
+
     def _batches(self, lengths: list[int], prefix_len: int) -> list[list[int]]:
         """Response indices, longest first, in batches of at most ``max_batch_tokens`` padded tokens."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -315,11 +330,14 @@ class PRMScorer:
         self, prefix: dict[str, torch.Tensor], encoded: list[tuple[list[int], list[int]]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden rows [N, H], tag row indices [S] in response order) with one prefix forward."""
+        self._reset_rope_deltas()
         out = self._forward(**prefix, use_cache=True)
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         if cache is None:
             raise ValueError("PRMScorer: the model returned no KV cache; use share_prefix=False")
         P = prefix["input_ids"].shape[1]
+        start = P + self._rope_delta()  # explicit positions: with a cache, some models (M-RoPE) cannot
+        # derive them from the mask of a continuation batch
         per_token = {  # per-token side inputs (token types): zeros for text continuations
             k: v for k, v in prefix.items()
             if k not in ("input_ids", "attention_mask") and v.dim() == 2 and v.shape == prefix["input_ids"].shape
@@ -337,8 +355,9 @@ class PRMScorer:
             batch_cache.batch_repeat_interleave(len(batch))
             extra = {k: torch.zeros((len(batch), L), dtype=v.dtype, device=v.device) for k, v in per_token.items()}
             mask = torch.ones((len(batch), P + L), dtype=torch.long, device=self.device)
-            o = self._forward(input_ids=ids, attention_mask=mask, use_cache=True, **{self._cache_kwarg: batch_cache},
-                              **extra)
+            pos = (start + torch.arange(L, device=self.device)).expand(len(batch), L)
+            o = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                              **{self._cache_kwarg: batch_cache}, **extra)
             h = o.last_hidden_state
             chunks.append(h.reshape(-1, h.shape[-1]))
             base += h.shape[0] * h.shape[1]
@@ -361,6 +380,7 @@ class PRMScorer:
                 if k != "input_ids" and v.dim() == 2 and v.shape == prefix["input_ids"].shape:
                     fill = torch.ones_like(cont) if k == "attention_mask" else torch.zeros_like(cont)
                     full[k] = torch.cat([v, fill.to(v.dtype)], dim=1)
+            self._reset_rope_deltas()
             h = self._forward(**full, use_cache=False).last_hidden_state[0]
             chunks.append(h)
             positions += [base + P + t for t in tags]

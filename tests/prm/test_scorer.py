@@ -212,3 +212,22 @@ def test_split_steps():
 def test_docstring_examples_run():
     result = doctest.testmod(scorer_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_shared_prefix_on_mrope_qwen2_vl(tmp_path):
+    """Qwen2-VL packs image tokens into fewer M-RoPE positions: continuations after the cached prefix must
+    start at P + rope_delta. Shared-prefix scores equal independent full forwards, twice in a row (no
+    stale offset from the previous prompt)."""
+    from mstar_fast.models import load_policy, make_tiny_vlm
+    from mstar_fast.recipe.prm_train import add_step_tag_token
+
+    model, processor = load_policy(make_tiny_vlm("qwen2_vl", tmp_path, vocab_size=400, hidden_size=32,
+                                                 image_size=32, num_layers=1))
+    add_step_tag_token(model, processor, "ки")
+    scorer = PRMScorer(model, processor, reward_tokens=("a", "b"))
+    for seed in (3, 4):
+        prompt = Prompt(id=f"p{seed}", question="What is 12 + 30? Look at the picture.",
+                        images=[tiny_image(seed, (32, 32))])
+        shared = scorer.score(prompt, RESPONSES)
+        independent = scorer.score(prompt, RESPONSES, share_prefix=False)
+        _assert_scores_close(shared.step_scores, independent.step_scores)
