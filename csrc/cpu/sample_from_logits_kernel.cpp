@@ -297,12 +297,13 @@ int64_t sample_topk_row(const scalar_t* row, int64_t V, const SampleRowParams& p
   li.resize(static_cast<size_t>(cap));
   float th = -kInf;
   auto cut = [&] {  // raise th as far as keeps >= keep values, drop the values below it
-    float lo = th, hi = -kInf, lo_fin = kInf;
-    for (int64_t j = 0; j < n; ++j) {
-      hi = std::max(hi, lv[j]);
-      if (lv[j] > -kInf) lo_fin = std::min(lo_fin, lv[j]);
+    float lo = th, hi = vmax(lv.data(), n);
+    if (lo == -kInf) {  // first cut: start from the smallest finite value, if enough are finite
+      float lo_fin = kInf;
+      for (int64_t j = 0; j < n; ++j)
+        if (lv[j] > -kInf) lo_fin = std::min(lo_fin, lv[j]);
+      if (count_ge(lv.data(), n, lo_fin) >= keep) lo = lo_fin;
     }
-    if (lo == -kInf && count_ge(lv.data(), n, lo_fin) >= keep) lo = lo_fin;
     if (lo > -kInf) {
       for (int it = 0; it < 14; ++it) {
         const float mid = lo + (hi - lo) * 0.5f;
@@ -341,8 +342,16 @@ int64_t sample_topk_row(const scalar_t* row, int64_t V, const SampleRowParams& p
     for (; i + kW <= len; i += kW) {
       const Vec v = Vec::loadu(x + i);
       mx = at::vec::maximum(mx, v);
+      // Every lane at or above th at load time is pushed (a superset is fine). Pushes are rare and at
+      // random places, so the first one is done without a branch (stored always, counted if real).
       uint32_t mask = lane_mask(v >= Vec(th));
-      while (mask) {  // every lane at or above th at load time is pushed (a superset is fine)
+      const int first = __builtin_ctz(mask | (1u << (kW - 1)));
+      lv[n] = x[i + first];
+      li[n] = static_cast<uint32_t>(lo + i + first);
+      n += mask != 0;
+      if (n == cap) cut();
+      mask &= mask - 1;
+      while (mask) {
         const int lane = __builtin_ctz(mask);
         mask &= mask - 1;
         lv[n] = x[i + lane];
