@@ -254,7 +254,7 @@ struct Scratch {
   std::vector<Cand> cand;      // (e, index) candidates of the top-k fast path
   std::vector<float> lv;       // candidate logits, then e (top-k fast path)
   std::vector<uint32_t> li;    // their token indices
-  float tile[kChunk];          // one converted tile (bf16/fp16) for the top-k fast path
+  float tile[kChunk];          // one converted tile (bf16/fp16)
   float* row_buf(int64_t V) {
     if (cap < V) buf.reset(new float[static_cast<size_t>(V)]), cap = V;
     return buf.get();
@@ -444,23 +444,30 @@ int64_t sample_filtered_row(const scalar_t* row, int64_t V, const SampleRowParam
   emax.resize(static_cast<size_t>(n_tiles));
   tsum.resize(static_cast<size_t>(n_tiles));
   tnext.resize(static_cast<size_t>(n_tiles));
-  // The DRAM pass: tile max (bf16/fp16 converted into buf on the way; fp32 rows are read in place).
-  const float* src = buf;
-  if constexpr (kF32) src = row;
+  // The tile as fp32: fp32 rows are read in place, bf16/fp16 tiles are converted into an L1 scratch (the
+  // reduced-precision row is re-read from cache by the second pass instead of keeping an fp32 copy).
+  auto tile_src = [&](int64_t lo, int64_t len) -> const float* {
+    if constexpr (kF32) {
+      return row + lo;
+    } else {
+      to_float(row + lo, s.tile, len);
+      return s.tile;
+    }
+  };
+  // The DRAM pass: the row max.
   float m = -kInf;
   for (int64_t c = 0; c < n_tiles; ++c) {
     const int64_t lo = c * kChunk, len = std::min(kChunk, V - lo);
-    if constexpr (!kF32) to_float(row + lo, buf + lo, len);
-    const float cm = vmax(src + lo, len);
+    const float cm = vmax(tile_src(lo, len), len);
     if (std::isnan(cm) || cm == kInf) return kStatusNonFinite;
     m = std::max(m, cm);
   }
   if (m == -kInf) return kStatusAllMasked;
-  // The L2-resident pass: e against the row max into buf, with each tile's max e and mass.
+  // The cache-resident pass: e against the row max into buf, with each tile's max e and mass.
   double z = 0.0;
   for (int64_t c = 0; c < n_tiles; ++c) {
     const int64_t lo = c * kChunk, len = std::min(kChunk, V - lo);
-    z += (tsum[c] = exp_shift_sum_to(src + lo, buf + lo, len, m, inv_t, &emax[c]));
+    z += (tsum[c] = exp_shift_sum_to(tile_src(lo, len), buf + lo, len, m, inv_t, &emax[c]));
   }
   const float* e = buf;
   const float* em = emax.data();
