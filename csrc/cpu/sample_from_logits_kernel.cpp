@@ -52,9 +52,17 @@ inline void to_float<float>(const float* src, float* dst, int64_t n) {
 
 // Max over buf[0, n); NaN propagates.
 inline float vmax(const float* buf, int64_t n) {
-  Vec acc(-std::numeric_limits<float>::infinity());
+  const Vec ninf(-std::numeric_limits<float>::infinity());
+  Vec a0 = ninf, a1 = ninf, a2 = ninf, a3 = ninf;  // four chains: the NaN-propagating max is latency-bound
   int64_t i = 0;
-  for (; i + kW <= n; i += kW) acc = at::vec::maximum(acc, Vec::loadu(buf + i));
+  for (; i + 4 * kW <= n; i += 4 * kW) {
+    a0 = at::vec::maximum(a0, Vec::loadu(buf + i));
+    a1 = at::vec::maximum(a1, Vec::loadu(buf + i + kW));
+    a2 = at::vec::maximum(a2, Vec::loadu(buf + i + 2 * kW));
+    a3 = at::vec::maximum(a3, Vec::loadu(buf + i + 3 * kW));
+  }
+  for (; i + kW <= n; i += kW) a0 = at::vec::maximum(a0, Vec::loadu(buf + i));
+  const Vec acc = at::vec::maximum(at::vec::maximum(a0, a1), at::vec::maximum(a2, a3));
   float m = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, acc);
   for (; i < n; ++i) m = (std::isnan(buf[i]) || std::isnan(m)) ? NAN : std::max(m, buf[i]);
   return m;
@@ -128,13 +136,20 @@ inline double exp_sum(const float* x, int64_t n, float m, float inv_t) {
 // Sum of buf[i] over buf[i] >= ge and buf[i] > gt.
 inline double masked_sum(const float* buf, int64_t n, float ge, float gt) {
   const Vec vge(ge), vgt(gt), zero(0.f);
-  Vec acc(0.f);
+  Vec acc0(0.f), acc1(0.f);
   int64_t i = 0;
+  if (ge <= gt) {  // one comparison: x > gt implies x >= ge
+    for (; i + 2 * kW <= n; i += 2 * kW) {
+      const Vec x0 = Vec::loadu(buf + i), x1 = Vec::loadu(buf + i + kW);
+      acc0 = acc0 + Vec::blendv(zero, x0, x0 > vgt);
+      acc1 = acc1 + Vec::blendv(zero, x1, x1 > vgt);
+    }
+  }
   for (; i + kW <= n; i += kW) {
     const Vec x = Vec::loadu(buf + i);
-    acc = acc + Vec::blendv(zero, x, (x >= vge) & (x > vgt));
+    acc0 = acc0 + Vec::blendv(zero, x, (x >= vge) & (x > vgt));
   }
-  double s = at::vec::vec_reduce_all<float>(std::plus<Vec>(), acc);
+  double s = at::vec::vec_reduce_all<float>(std::plus<Vec>(), acc0 + acc1);
   for (; i < n; ++i)
     if (buf[i] >= ge && buf[i] > gt) s += buf[i];
   return s;
@@ -293,8 +308,8 @@ int64_t sample_topk_row(const scalar_t* row, int64_t V, const SampleRowParams& p
   int64_t cap = 2 * keep, n = 0;
   auto& lv = s.lv;  // candidate logits (then e) and their indices
   auto& li = s.li;
-  lv.resize(static_cast<size_t>(cap));
-  li.resize(static_cast<size_t>(cap));
+  lv.resize(static_cast<size_t>(cap + kW));
+  li.resize(static_cast<size_t>(cap + kW));
   float th = -kInf;
   auto cut = [&] {  // raise th as far as keeps >= keep values, drop the values below it
     float lo = th, hi = vmax(lv.data(), n);
@@ -322,8 +337,8 @@ int64_t sample_topk_row(const scalar_t* row, int64_t V, const SampleRowParams& p
     }
     if (2 * n > cap) {  // ties (or -inf) keep the list long: make room
       cap = 2 * n;
-      lv.resize(static_cast<size_t>(cap));
-      li.resize(static_cast<size_t>(cap));
+      lv.resize(static_cast<size_t>(cap + kW));
+      li.resize(static_cast<size_t>(cap + kW));
     }
   };
   if (logprob) s.tiles.resize(static_cast<size_t>(n_tiles));
@@ -337,35 +352,44 @@ int64_t sample_topk_row(const scalar_t* row, int64_t V, const SampleRowParams& p
       to_float(row + lo, s.tile, len);
       x = s.tile;
     }
-    Vec mx(-kInf);
-    int64_t i = 0;
-    for (; i + kW <= len; i += kW) {
-      const Vec v = Vec::loadu(x + i);
-      mx = at::vec::maximum(mx, v);
-      // Every lane at or above th at load time is pushed (a superset is fine). Pushes are rare and at
-      // random places, so the first one is done without a branch (stored always, counted if real).
-      uint32_t mask = lane_mask(v >= Vec(th));
-      const int first = __builtin_ctz(mask | (1u << (kW - 1)));
-      lv[n] = x[i + first];
-      li[n] = static_cast<uint32_t>(lo + i + first);
-      n += mask != 0;
-      if (n == cap) cut();
-      mask &= mask - 1;
-      while (mask) {
-        const int lane = __builtin_ctz(mask);
+    // The tile max first (its own loop: an accumulator live across the cut() call below would be kept
+    // in memory by the compiler, a store per vector); a tile whose max is below th pushes nothing.
+    const float cm = vmax(x, len);
+    int64_t i = cm >= th ? 0 : len;
+    for (;;) {
+      // Nothing in this loop that the compiler must keep in memory (no call, local pointers): when the
+      // list is full it leaves, the list is cut, and the scan resumes. lv/li have room for one vector more.
+      float* const L = lv.data();
+      uint32_t* const I = li.data();
+      const Vec vth(th);
+      int64_t nn = n;
+      const int64_t ncap = cap;
+      for (; i + kW <= len && nn < ncap; i += kW) {
+        // Every lane at or above th at load time is pushed (a superset is fine). Pushes are rare and at
+        // random places, so the first one is done without a branch (stored always, counted if real).
+        uint32_t mask = lane_mask(Vec::loadu(x + i) >= vth);
+        const int first = __builtin_ctz(mask | (1u << (kW - 1)));
+        L[nn] = x[i + first];
+        I[nn] = static_cast<uint32_t>(lo + i + first);
+        nn += mask != 0;
         mask &= mask - 1;
-        lv[n] = x[i + lane];
-        li[n] = static_cast<uint32_t>(lo + i + lane);
-        if (++n == cap) cut();
+        while (mask) {
+          const int lane = __builtin_ctz(mask);
+          mask &= mask - 1;
+          L[nn] = x[i + lane];
+          I[nn] = static_cast<uint32_t>(lo + i + lane);
+          ++nn;
+        }
       }
+      n = nn;
+      if (n < cap) break;
+      cut();
     }
-    float cm = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, mx);
     for (; i < len; ++i) {
-      cm = (std::isnan(x[i]) || std::isnan(cm)) ? NAN : std::max(cm, x[i]);
       if (x[i] >= th) {
         lv[n] = x[i];
         li[n] = static_cast<uint32_t>(lo + i);
-        if (++n == cap) cut();
+        if (++n >= cap) cut();
       }
     }
     if (std::isnan(cm) || cm == kInf) return kStatusNonFinite;
