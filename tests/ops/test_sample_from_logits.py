@@ -99,6 +99,11 @@ def test_logprobs_are_unfiltered_temperature_scaled_log_softmax(backend):
     want = torch.log_softmax(x / scale, dim=1).gather(1, tok.view(-1, 1)).view(-1)
     torch.testing.assert_close(lp, want, atol=1e-4, rtol=1e-4)
     assert lp.dtype == torch.float32
+    with use_backend(backend):  # top-p alone (cpp: the path that stores e for the whole row)
+        tok, lp = sample_from_logits(x.to(device_of(backend)), temperature=t.to(device_of(backend)), top_p=0.9,
+                                     seed=5, return_logprobs=True)
+    want = torch.log_softmax(x / scale, dim=1).gather(1, tok.cpu().view(-1, 1)).view(-1)
+    torch.testing.assert_close(lp.cpu(), want, atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------- statistical tier
@@ -138,6 +143,27 @@ def test_ties_are_kept_or_dropped_together(backend, params):
     assert stat < chi2_quantile(df), f"chi2={stat:.1f} df={df}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("params", [dict(top_k=10), dict(top_k=10, top_p=0.5, temperature=2.0)])
+def test_top_k_boundary_with_near_ties_cpp(dtype, params):
+    """Logits a few ulps below the k-th value (cpp's top-k fast path cannot bound them away from the k-th
+    e and redoes the row exactly); in bf16 they round onto the k-th value and are kept as ties. cpp only:
+    the other backends have no such path, and the tie tests above cover their semantics."""
+    from tests.ops._util import backend_problem
+
+    if backend_problem("cpp", torch.device("cpu")):
+        pytest.skip("cpp backend unavailable")
+    backend = "cpp"
+    g = _gen(5)
+    row = torch.cat([torch.full((3,), 5.0), torch.full((30,), 4.0), torch.full((40,), 4.0 - 2e-6),
+                     torch.randn(300, generator=g)])
+    row = row[torch.randperm(row.numel(), generator=g)]
+    counts, probs = _draw_counts(backend, row, _n_draws(backend, row.numel()), dtype=dtype, **params)
+    assert counts[probs == 0].sum() == 0
+    stat, df = chi2_stat(counts, probs)
+    assert stat < chi2_quantile(df), f"chi2={stat:.1f} df={df}"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_per_row_temperatures_in_one_batch(backend):
     V, n = 50, _n_draws(backend)
@@ -169,6 +195,7 @@ def test_reduced_precision_frequencies(backend, dtype):
 
 
 @pytest.mark.parametrize("V,params", [(4099, dict(temperature=1.3, top_k=600, top_p=0.8)),
+                                      (4099, dict(temperature=1.2, top_k=1500, top_p=0.9, min_p=0.001)),
                                       (32000, dict(top_k=50)), (151936, dict(top_p=0.9, temperature=0.7)),
                                       (151936, dict(top_k=100, min_p=0.01)), (151936, dict(temperature=1.0))])
 def test_large_vocab_frequencies_cpp(V, params):
