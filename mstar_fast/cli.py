@@ -1,4 +1,13 @@
-"""The ``mstar`` command. Subcommands are added as the recipe's stages land (see the README)."""
+"""The ``mstar`` command.
+
+``mstar demo [--quick] [--compare] [--out RUN_DIR]``: the embedded end-to-end demo.
+``mstar run CONFIG [key=value ...]`` / ``mstar run --resume RUN_DIR``: the whole recipe from a YAML file.
+``mstar warmup|prm-data|prm-train CONFIG [key=value ...]``: the stages up to that one (resumable; a later
+``mstar run`` on the same run directory continues from there).
+``mstar sample MODEL_DIR DATA --k K --temperature T --out FILE``: K samples per prompt into a JSONL file.
+``mstar eval MODEL_DIR DATA``: accuracy per category, Pass@K, majority vote.
+``mstar plot RUN_DIR``: RUN_DIR/plots/dynamics.png.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +56,78 @@ def _sample_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides_config(args: argparse.Namespace) -> object:
+    from mstar_fast.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mstar_fast.recipe.demo import run_demo
+
+    run_demo(quick=args.quick, compare=args.compare, out=args.out, overrides=args.overrides, resume=args.resume)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mstar_fast.recipe.loop import resume, run
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ValueError("mstar run --resume RUN_DIR takes no CONFIG or overrides: the run's saved "
+                             "config.yaml is used")
+        resume(args.resume)
+        return 0
+    if not args.config:
+        raise ValueError("mstar run: give a CONFIG file (e.g. configs/demo.yaml) or --resume RUN_DIR")
+    run(_overrides_config(args))
+    return 0
+
+
+def _stage_cmd(stop_after: str):
+    def cmd(args: argparse.Namespace) -> int:
+        from mstar_fast.recipe.loop import run
+
+        run(_overrides_config(args), resume=True, stop_after=stop_after)
+        return 0
+
+    return cmd
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from mstar_fast.evaluate import grade_samples, load_eval_prompts
+    from mstar_fast.models import load_policy
+    from mstar_fast.recipe.sample import sample_to_file
+    from mstar_fast.rollout import RolloutEngine
+
+    prompts, _ = load_eval_prompts(args.data, split=args.split, limit=args.limit)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = load_policy(args.model_dir, device=device, trust_remote_code=args.trust_remote_code)
+    engine = RolloutEngine(model, processor, include_choices=args.include_choices, progress=False)
+    labeled = {p.id: p for p in prompts if p.answer is not None}
+
+    def grade(out: list) -> None:
+        known = [s for s in out if s.prompt_id in labeled]
+        if known:
+            grade_samples(known, labeled)
+
+    samples = sample_to_file(engine, prompts, args.k, args.out, temperature=args.temperature,
+                             max_new_tokens=args.max_new_tokens, seed=args.seed, transform=grade, progress=True)
+    graded = [s for s in samples if s.correct is not None]
+    acc = f", {100 * sum(bool(s.correct) for s in graded) / len(graded):.1f}% correct" if graded else ""
+    print(f"{len(samples)} samples of {len(prompts)} prompts in {args.out}{acc}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from mstar_fast.recipe.plot import plot_run
+
+    print(plot_run(args.run_dir))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mstar", description="M-STaR self-evolving training, fast.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,8 +136,58 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=151936)
     p.add_argument("--repeat", type=int, default=3)
     p.set_defaults(func=_sample_demo)
+
+    p = sub.add_parser("demo", help="the whole recipe on a tiny VLM and the synthetic task (CPU, minutes)")
+    p.add_argument("--quick", action="store_true", help="every stage on a minimal budget (CI)")
+    p.add_argument("--compare", action="store_true", help="also run the baselines of the paper's Tables 1-2")
+    p.add_argument("--out", default=None, help="run directory (default runs/demo or runs/demo-quick)")
+    p.add_argument("--resume", action="store_true", help="continue a demo run in --out")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. iterate.iterations=4)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("run", help="run the recipe from a YAML config, or resume a run directory")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides with dotted keys (train.lr=2e-5)")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR from its last checkpoint")
+    p.set_defaults(func=_cmd_run)
+
+    for name, stop, text in (("warmup", "warmup", "base model and warm-up only"),
+                             ("prm-data", "prm-data", "up to the PRM's Monte-Carlo step labels"),
+                             ("prm-train", "prm", "up to the trained PRM")):
+        p = sub.add_parser(name, help=f"{text} (into the config's run_dir; resumable)")
+        p.add_argument("config", help="YAML config")
+        p.add_argument("overrides", nargs="*", help="key=value overrides")
+        p.set_defaults(func=_stage_cmd(stop))
+
+    p = sub.add_parser("sample", help="K samples per prompt from a model into an append-only JSONL file")
+    p.add_argument("model_dir")
+    p.add_argument("data", help="dataset path, or synthetic[:SPLIT[:N]]")
+    p.add_argument("--out", required=True, help="JSONL file (resumable: prompts already complete are skipped)")
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--include-choices", action="store_true", help="append options as (A) ... lines")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=_cmd_sample)
+
+    from mstar_fast.evaluate import register_cli
+
+    register_cli(sub)
+
+    p = sub.add_parser("plot", help="draw RUN_DIR/plots/dynamics.png from RUN_DIR/metrics.jsonl")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_plot)
+
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"mstar {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

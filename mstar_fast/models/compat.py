@@ -22,9 +22,24 @@ def _no_video_subclass(cls: type) -> type:
             return None
         return cls.check_argument_for_proper_class(self, argument_name, argument)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # ProcessorMixin.save_pretrained cannot save a missing video processor. Write the layout this module
+        # loads back (the one make_tiny_vlm writes): tokenizer files, the image processor's
+        # preprocessor_config.json, processor_config.json naming the class, and the chat template.
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        files = list(self.tokenizer.save_pretrained(out))
+        image_processor = getattr(self, "image_processor", None)
+        if image_processor is not None:
+            files += list(image_processor.save_pretrained(out))
+        (out / "processor_config.json").write_text(json.dumps({"processor_class": cls.__name__}, indent=2) + "\n")
+        if isinstance(self.chat_template, str):
+            (out / "chat_template.jinja").write_text(self.chat_template)
+        return files + [str(out / "processor_config.json")]
+
     # Same name, so saved configs and logs still say e.g. "Qwen2VLProcessor".
     return type(cls.__name__, (cls,), {"check_argument_for_proper_class": check_argument_for_proper_class,
-                                       "__module__": cls.__module__})
+                                       "save_pretrained": save_pretrained, "__module__": cls.__module__})
 
 
 def build_processor_without_video(path: str | Path, **kwargs: Any):

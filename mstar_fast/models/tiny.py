@@ -201,6 +201,7 @@ def make_tiny_vlm(
     vision_layers: int = 1,
     max_position_embeddings: int = 2048,
     dtype: torch.dtype = torch.float32,
+    tokenizer_corpus: list[str] | None = None,
 ) -> Path:
     """Build a tiny random-weight model of family ``arch`` and save it (``save_pretrained``) to ``out_dir``.
 
@@ -219,6 +220,8 @@ def make_tiny_vlm(
         max_position_embeddings: context length of the language model (prompts longer than this are
             rejected by the rollout engine).
         dtype: dtype of the saved weights.
+        tokenizer_corpus: extra lines the tokenizer's BPE merges are learned from (beside the default
+            corpus), e.g. the task's questions and reasoning, so its texts take fewer tokens.
 
     Returns:
         ``Path(out_dir)``, holding the model, tokenizer, processor files and ``mstar_tiny.json``
@@ -234,7 +237,12 @@ def make_tiny_vlm(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok = train_tiny_tokenizer(_SPECIALS[arch], vocab_size=vocab_size)
+    corpus = None
+    if tokenizer_corpus is not None:
+        from mstar_fast.models.tokenizer import tiny_corpus
+
+        corpus = tiny_corpus() + list(tokenizer_corpus)
+    tok = train_tiny_tokenizer(_SPECIALS[arch], vocab_size=vocab_size, corpus=corpus)
     text = _text_config(len(tok), hidden_size, num_layers, num_heads, intermediate_size or 2 * hidden_size,
                         max_position_embeddings, tok)
     with torch.random.fork_rng(devices=[]):

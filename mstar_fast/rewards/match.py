@@ -32,7 +32,7 @@ import logging
 import math
 import re
 import threading
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal, ROUND_HALF_UP, localcontext
 from fractions import Fraction
 from typing import Any
 from collections.abc import Sequence
@@ -171,7 +171,11 @@ def parse_number(s: str | None) -> _Num | None:
 
 def _round_half_up(v: Fraction, places: int) -> Decimal:
     q = Decimal(1).scaleb(-places)
-    return (Decimal(v.numerator) / Decimal(v.denominator)).quantize(q, rounding=ROUND_HALF_UP)
+    # The default context (28 digits) cannot quantize a long number (a sampled "0.1111...1" of 40 digits
+    # raises InvalidOperation); give this one the digits it needs.
+    with localcontext() as ctx:
+        ctx.prec = len(str(abs(v.numerator))) + len(str(v.denominator)) + places + 10
+        return (Decimal(v.numerator) / Decimal(v.denominator)).quantize(q, rounding=ROUND_HALF_UP)
 
 
 def _candidates(n: _Num) -> list[tuple[Fraction, int]]:

@@ -173,3 +173,10 @@ def test_weighted_vote_errors():
         weighted_vote(["1", "2"], [1.0])
     with pytest.raises(ValueError, match="negative"):
         weighted_vote(["1", "2"], [1.0, -0.5])
+
+
+def test_long_sampled_numbers_do_not_overflow_decimal_precision():
+    # A sampled "0.111...1" with 40 digits used to raise decimal.InvalidOperation (28-digit context).
+    assert not answers_match("0." + "1" * 40, "6")
+    assert not answers_match("1" * 40 + ".25", "6")
+    assert answers_match("0." + "3" * 40, "1/3")
