@@ -12,7 +12,6 @@ import json
 from unittest import mock
 
 import pytest
-import torch
 
 from mstar_fast.data import Sample, export_synthetic, make_synthetic_split, read_jsonl
 from mstar_fast.evaluate import evaluate, register_cli
@@ -23,13 +22,7 @@ from mstar_fast.rollout import RolloutEngine
 MAX_NEW = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import torch
 from mstar_fast.data.records import Prompt, Sample
 from mstar_fast.models.prompting import PLAIN_TEMPLATE, get_tokenizer
 from mstar_fast.rollout import kv, shared_prefix
-from mstar_fast.rollout.params import resolve_params
+from mstar_fast.rollout.params import check_generate_args, resolve_params
 from mstar_fast.rollout.scheduler import Run
 from mstar_fast.rollout.stopping import normalize_stop
 
@@ -149,10 +149,7 @@ class RolloutEngine:
             ValueError: n < 1, max_new_tokens < 1, a sampling parameter out of range or of the wrong length.
         """
         prompts = list(prompts)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"generate: n must be an int >= 1, got {n!r}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"generate: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        check_generate_args(n, max_new_tokens)
         params = resolve_params(len(prompts), temperature, top_p, top_k, min_p)
         stop = normalize_stop(stop)
         if self.prefix_sharing and not self._shared_checked:

@@ -57,3 +57,14 @@ def resolve_params(n_prompts: int, temperature: Any = 1.0, top_p: Any = 1.0, top
         _check("min_p", m, real(m) and 0 <= m <= 1, "in [0, 1]", i)
         out.append(SamplingParams(float(t), int(k), float(p), float(m)))
     return out
+
+
+def check_generate_args(n: Any, max_new_tokens: Any) -> None:
+    """The checks every engine's ``generate`` makes on ``n`` and ``max_new_tokens``.
+
+    Raises:
+        ValueError: either is not an int >= 1.
+    """
+    for name, v in (("n", n), ("max_new_tokens", max_new_tokens)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"generate: {name} must be an int >= 1, got {v!r}")

@@ -16,7 +16,7 @@ from typing import Any
 
 from mstar_fast.data.records import Prompt, Sample
 from mstar_fast.models.prompting import PLAIN_TEMPLATE, format_prompt, load_images
-from mstar_fast.rollout.params import resolve_params
+from mstar_fast.rollout.params import check_generate_args, resolve_params
 from mstar_fast.rollout.seeds import sample_seed
 from mstar_fast.rollout.stopping import normalize_stop
 
@@ -95,10 +95,7 @@ class VLLMRolloutEngine:
                  seed: int = 0) -> list[Sample]:
         """Same contract as :meth:`mstar_fast.rollout.RolloutEngine.generate`."""
         prompts = list(prompts)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"generate: n must be an int >= 1, got {n!r}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"generate: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        check_generate_args(n, max_new_tokens)
         params = resolve_params(len(prompts), temperature, top_p, top_k, min_p)
         stops = normalize_stop(stop)
         results: list[list[Sample] | None] = [None] * len(prompts)

@@ -25,13 +25,7 @@ def _backends() -> list:
 BACKENDS = _backends()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls on a shared 2-core machine: OpenMP spinning across threads costs far more than it gains.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(N, H, V, dtype, bias, ignore_every=0, seed=0, scale=0.5):

@@ -9,7 +9,6 @@ import zlib
 from unittest import mock
 
 import pytest
-import torch
 
 from mstar_fast.data import make_synthetic_split
 from mstar_fast.models import load_policy, make_tiny_vlm
@@ -23,13 +22,7 @@ N_PROMPTS = 6
 MAX_NEW = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

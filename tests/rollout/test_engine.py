@@ -20,14 +20,7 @@ SMALL = dict(vocab_size=512, hidden_size=32, image_size=32, num_layers=2, max_po
 VISION_MODULES = ("visual", "vision_tower", "vision_model")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning OpenMP
-    threads make them several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Models(dict):

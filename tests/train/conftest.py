@@ -9,12 +9,8 @@ from mstar_fast.data.records import Prompt, Sample
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: OpenMP spinning across 2 threads costs ~50x what it saves.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _train_one_thread(one_thread):
+    """Every train test runs on one intra-op thread (``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mstar_fast.data.records import Prompt, Sample
 from mstar_fast.train import IGNORE_INDEX, SFTCollator, SFTConfig, SFTEngine, eos_token_id_for
 from mstar_fast.train.data import collate, plan_steps, rank_micro_batches
 from mstar_fast.train.optim import WarmupSchedule
