@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+METRICS = "metrics.jsonl"
 REQUIRED = ("iteration", "step", "temperature", "val_greedy_acc", "val_pass_at_k", "val_reward_pass_at_2",
             "n_selected", "test_greedy_acc")
 TIMING = {"elapsed", "seconds_monitor", "seconds_sample", "seconds_train"}
@@ -122,3 +123,24 @@ def test_run_refuses_an_existing_run_dir(quick_run):
     assert res.returncode == 2 and "already holds" in res.stderr
     res = _mstar("run", "--resume", str(run_dir / "nowhere"))
     assert res.returncode == 2 and "no config.yaml" in res.stderr
+
+
+def test_stage_commands_then_resume_the_run(tmp_path):
+    from mstar_fast.recipe.demo import QUICK
+
+    run_dir = tmp_path / "staged"
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
+    args = [config, f"run_dir={run_dir}", *QUICK, "iterate.iterations=1"]
+    res = _mstar("warmup", *args)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (run_dir / "warmup" / "config.json").is_file() and not (run_dir / "prm_data").exists()
+    res = _mstar("prm-data", *args)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (run_dir / "prm_data" / "labels.jsonl").is_file() and not (run_dir / "prm").exists()
+    res = _mstar("prm-train", *args)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (run_dir / "prm" / "prm_config.json").is_file() and not (run_dir / METRICS).exists()
+    res = _mstar("run", "--resume", str(run_dir))  # the iterations, on the stages already there
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert [r["iteration"] for r in _rows(run_dir)] == [0, 1]
+    assert "base model:" not in res.stdout and "warm-up:" not in res.stdout  # not redone
