@@ -29,7 +29,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _mstar(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def mstar_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mstar_fast", *args], env=_env(), capture_output=True, text=True,
                           timeout=timeout)
 
@@ -47,7 +47,7 @@ def _samples(run_dir: Path) -> dict[str, list[dict]]:
 def quick_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
     run_dir = tmp_path_factory.mktemp("demo") / "quick"
     t0 = time.perf_counter()
-    res = _mstar("demo", "--quick", "--out", str(run_dir), *SMALL)
+    res = mstar_cli("demo", "--quick", "--out", str(run_dir), *SMALL)
     return run_dir, res, time.perf_counter() - t0
 
 
@@ -99,7 +99,7 @@ def test_kill_and_resume_equals_uninterrupted(quick_run, tmp_path):
         proc.wait()
     n_before = len(target.read_text().splitlines())
     assert (run_dir / "checkpoints" / "iter-001").is_dir() and not (run_dir / "checkpoints" / "iter-002").exists()
-    res = _mstar("run", "--resume", str(run_dir))
+    res = mstar_cli("run", "--resume", str(run_dir))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "resumed from" in res.stdout
 
@@ -119,9 +119,9 @@ def test_kill_and_resume_equals_uninterrupted(quick_run, tmp_path):
 
 def test_run_refuses_an_existing_run_dir(quick_run):
     run_dir, _, _ = quick_run
-    res = _mstar("demo", "--quick", "--out", str(run_dir))
+    res = mstar_cli("demo", "--quick", "--out", str(run_dir))
     assert res.returncode == 2 and "already holds" in res.stderr
-    res = _mstar("run", "--resume", str(run_dir / "nowhere"))
+    res = mstar_cli("run", "--resume", str(run_dir / "nowhere"))
     assert res.returncode == 2 and "no config.yaml" in res.stderr
 
 
@@ -131,16 +131,16 @@ def test_stage_commands_then_resume_the_run(tmp_path):
     run_dir = tmp_path / "staged"
     config = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
     args = [config, f"run_dir={run_dir}", *QUICK, "iterate.iterations=1"]
-    res = _mstar("warmup", *args)
+    res = mstar_cli("warmup", *args)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (run_dir / "warmup" / "config.json").is_file() and not (run_dir / "prm_data").exists()
-    res = _mstar("prm-data", *args)
+    res = mstar_cli("prm-data", *args)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (run_dir / "prm_data" / "labels.jsonl").is_file() and not (run_dir / "prm").exists()
-    res = _mstar("prm-train", *args)
+    res = mstar_cli("prm-train", *args)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (run_dir / "prm" / "prm_config.json").is_file() and not (run_dir / METRICS).exists()
-    res = _mstar("run", "--resume", str(run_dir))  # the iterations, on the stages already there
+    res = mstar_cli("run", "--resume", str(run_dir))  # the iterations, on the stages already there
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert [r["iteration"] for r in _rows(run_dir)] == [0, 1]
     assert "base model:" not in res.stdout and "warm-up:" not in res.stdout  # not redone

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 from mstar_fast.data.records import Prompt, Sample
 from mstar_fast.recipe.pseudo import pseudo_label
+from tests.recipe.test_loop import mstar_cli
 
 P = Prompt(id="u0", question="How many?", answer=None)
 MC = Prompt(id="u1", question="Which?", answer=None, choices=["red", "blue"])
@@ -43,12 +41,8 @@ def test_option_letter_and_option_text_vote_together():
 
 def test_quick_run_with_pseudo_labels(tmp_path):
     run_dir = tmp_path / "pseudo"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env.pop("MSTAR_FAST_BACKEND", None)
-    res = subprocess.run([sys.executable, "-m", "mstar_fast", "demo", "--quick", "--out", str(run_dir),
-                          "iterate.iterations=1", "data.unlabeled=synthetic", "pseudo.enabled=true",
-                          "pseudo.ratio=0.5", "pseudo.min_agreement=0.0"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    res = mstar_cli("demo", "--quick", "--out", str(run_dir), "iterate.iterations=1", "data.unlabeled=synthetic",
+                    "pseudo.enabled=true", "pseudo.ratio=0.5", "pseudo.min_agreement=0.0")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     lines = (run_dir / "samples" / "iter-001-unlabeled.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]

@@ -46,7 +46,7 @@ def test_torchrun_two_processes_match_one(tiny_dirs, tmp_path):
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"torchrun timed out: {(exc.stderr or b'')[-3000:]!r}")
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
 
     ref = json.loads((one / "none.json").read_text())
     ref_w = load_file(str(one / "none.safetensors"))
