@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from mstar_fast.recipe.prm_train import HEADS as PRM_HEADS
+from mstar_fast.recipe.select import SELECTIONS
+from mstar_fast.recipe.temperature import CRITERIA as TEMPERATURE_CRITERIA
 from mstar_fast.train.engine import MODES, SFTConfig
 
 __all__ = [
@@ -44,10 +47,6 @@ __all__ = [
     "SELECTIONS",
     "TEMPERATURE_CRITERIA",
 ]
-
-SELECTIONS = ("topk", "threshold", "random", "all")
-TEMPERATURE_CRITERIA = ("reward_pass_at_2", "pass_at_k", "static")
-PRM_HEADS = ("reward_tokens", "value")
 
 
 def _paper_grid() -> list[float]:
@@ -462,8 +461,7 @@ def _from_dict(cls: type, d: dict[str, Any], prefix: str = "") -> Any:
 
 def config_from_dict(d: dict[str, Any] | None) -> RunConfig:
     """A :class:`RunConfig` from a (possibly partial) nested dict, with type checks."""
-    cfg = _from_dict(RunConfig, dict(d or {}))
-    return cfg
+    return _from_dict(RunConfig, dict(d or {}))
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -70,7 +70,7 @@ QUICK: list[str] = [
     "iterate.iterations=2", "iterate.k=4", "monitor.k=4", "rollout.max_new_tokens=48",
 ]
 
-#: name -> (overrides, iteration multiplier from the sampling budget); see the module doc.
+#: name -> config overrides; run_demo sets each baseline's iterations from the sampling budget (module doc).
 BASELINES: dict[str, list[str]] = {
     "iterative_rft": ["train.mode=iterative_rft", "iterate.interval=1.0"],
     "rest_em": ["train.mode=rest_em", "iterate.interval=1.0"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,8 +130,6 @@ def run_iteration(iteration: int, chunk: Sequence[Prompt], *, rollout: Any, trai
         on_step: passed to ``train_on``.
         special_ids: token ids a trained response may not hold before its end (:func:`trainable`).
     """
-    import time
-
     t0 = time.perf_counter()
     prompts = {p.id: p for p in chunk}
     samples = sample_to_file(

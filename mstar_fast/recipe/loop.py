@@ -448,6 +448,9 @@ def prm_stage(cfg: RunConfig, run_dir: Path, data: RunData, warm_path: str, devi
         if data_only:
             D.barrier()
             return None
+        if cfg.model.prm is not None:  # the labels came from the warm-up policy; the PRM starts from this model
+            del rollout, model
+            model, processor = _load(cfg.model.prm, cfg, device)
         train_prm(model, processor, prompts, examples, head=p.head, step_tag=p.step_tag,
                   reward_tokens=tuple(p.reward_tokens), lr=p.lr, epochs=p.epochs, batch_size=p.batch_size,
                   micro_batch_size=min(p.batch_size, 16), seed=cfg.seed, out_dir=out)
@@ -558,7 +561,7 @@ def run(cfg: RunConfig, resume: bool = False, stop_after: str | None = None) -> 
             config / data problem (named in the message).
     """
     from mstar_fast.recipe.iteration import chunk_size, iteration_seed, next_chunk, run_iteration, special_token_ids
-    from mstar_fast.recipe.monitor import validate
+    from mstar_fast.recipe.monitor import ValidationReport, validate
     from mstar_fast.recipe.pseudo import pseudo_labeled_samples
     from mstar_fast.recipe.temperature import TemperatureController
     from mstar_fast.train import latest_checkpoint
@@ -636,8 +639,6 @@ def run(cfg: RunConfig, resume: bool = False, stop_after: str | None = None) -> 
                               seed=iteration_seed(cfg.seed, i) + 2, max_new_tokens=_monitor_tokens(cfg))
             report = report.to_dict()
         report = D.broadcast_object(report)
-        from mstar_fast.recipe.monitor import ValidationReport
-
         return {"seconds_monitor": time.perf_counter() - t0}, ValidationReport.from_dict(report)
 
     def save(i: int) -> None:

@@ -137,7 +137,8 @@ def test_stage_commands_then_resume_the_run(tmp_path):
     res = mstar_cli("prm-data", *args)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (run_dir / "prm_data" / "labels.jsonl").is_file() and not (run_dir / "prm").exists()
-    res = mstar_cli("prm-train", *args)
+    # model.prm: the PRM starts from another model (here the base model) than the policy that labelled the steps.
+    res = mstar_cli("prm-train", *args, f"model.prm={run_dir / 'base'}")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (run_dir / "prm" / "prm_config.json").is_file() and not (run_dir / METRICS).exists()
     res = mstar_cli("run", "--resume", str(run_dir))  # the iterations, on the stages already there
