@@ -20,8 +20,10 @@ MathVista-style prompts) go through fallbacks. The full order (``docs/answers.md
 
 Every span is then cleaned (:func:`clean_answer`): wrappers (``$``, ``\\(\\)``, ``\\boxed{}``,
 ``\\text{}``, ``\\textbf{}``, markdown emphasis, quotes) go, an explanation after the answer goes
-(``Yes, because ...`` -> ``Yes``), and an option letter followed by its text or an explanation is reduced
-to the letter (``B (5)``, ``C. 60``, ``D) because ...`` -> the letter).
+(``Yes, because ...`` -> ``Yes``), an option letter followed by an explanation is reduced to the letter
+(``(C)``, ``C.``, ``D because ...``, ``C - the largest`` -> the letter), and an option letter followed by
+its option text stays whole (``B (5)``, ``C. 60``) so that matching can check that the text is the text
+of that option.
 
 **Ambiguity gives no answer.** A span naming two option letters (``B or C``, ``A, C``), or statements /
 markers that assert different option letters (``the answer is B ... \\boxed{C}``), yield ``None``: a
@@ -35,7 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["extract_answer", "clean_answer", "last_boxed", "option_letter", "DEFAULT_MARKER"]
+__all__ = ["extract_answer", "clean_answer", "last_boxed", "option_letter", "lead_letter", "DEFAULT_MARKER"]
 
 DEFAULT_MARKER = "# Answer"
 
@@ -43,7 +45,7 @@ _EMPH = r"[*_]*"
 # "the answer is", "the final answer is", "final answer:", "answer:", "the correct option is", with
 # markdown emphasis around the words or the colon ("**Answer:** B", "__Answer__: B", "*Answer*: B").
 _ANSWER_IS = re.compile(
-    r"(?:\bthe\s+)?(?:\bfinal\s+)?" + _EMPH + r"\banswer" + _EMPH + r"\s*(?:is\b\s*:?|:|=)" + _EMPH + r"\s*"
+    r"(?:\bthe\s+)?(?:\bfinal\s+)?" + _EMPH + r"(?<![A-Za-z])answer" + _EMPH + r"\s*(?:is\b\s*:?|:|=)" + _EMPH + r"\s*"
     r"|\b(?:correct|right|best)\s+(?:option|choice)\s+is\b\s*:?\s*",
     re.IGNORECASE,
 )
@@ -168,7 +170,8 @@ def option_letter(s: str | None) -> str | None:
 def clean_answer(ans: str) -> str | None:
     """Tidy an answer span: unwrap ``\\boxed{}``, ``$...$``, ``\\(...\\)``, ``\\text{}``, markdown emphasis,
     quotes, an ``Answer:`` prefix, a trailing period and an explanation; reduce an option letter followed
-    by its text or an explanation to the letter. Returns None when nothing is left, or when the span names
+    by an explanation to the letter (a letter followed by option text, ``C. 60``, stays whole so that
+    matching can check the text). Returns None when nothing is left, or when the span names
     two option letters (``B or C``)."""
     s = ans.strip()
     boxed = last_boxed(s)
@@ -184,9 +187,12 @@ def clean_answer(ans: str) -> str | None:
     lead = _LETTER_LEAD.match(s)
     if lead:
         letter = (lead.group(1) or lead.group(2)).upper()
-        if _SECOND_LETTER.match(lead.group(3)):
+        rest = lead.group(3)
+        if _SECOND_LETTER.match(rest):
             return None  # "B or C", "A, C": two options asserted
-        s = letter
+        if re.fullmatch(r"[.):,]*", rest) or re.match(r"\s*[-–—]|\s*,", rest):
+            s = letter  # "C.", "(C)", "C - the largest", "C, as ...": the letter
+        # else "B (5)", "C. 60": kept whole, so that matching can check the text against option B
     elif re.fullmatch(r"\(?[A-Z]\)?\s*(?:,|/|&|or|and)\s*\(?[A-Z]\)?(?:\s*(?:,|/|&|or|and)\s*\(?[A-Z]\)?)*",
                       s):
         return None
@@ -210,8 +216,20 @@ def _after_marker(text: str, marker_re: re.Pattern[str]) -> list[str] | None:
     return out
 
 
+def lead_letter(s: str | None) -> str | None:
+    """The option letter a cleaned answer names: a bare letter (``B``, ``(b)``, ``Option B``) or a letter
+    followed by its text or an explanation (``B (5)``, ``C. 60``), upper-cased; else None."""
+    if s is None:
+        return None
+    got = option_letter(s)
+    if got is not None:
+        return got
+    m = _LETTER_LEAD.match(s.strip())
+    return (m.group(1) or m.group(2)).upper() if m else None
+
+
 def _conflicting_letters(answers: Sequence[str | None]) -> bool:
-    letters = {option_letter(a) for a in answers} - {None}
+    letters = {lead_letter(a) for a in answers} - {None}
     return len(letters) > 1
 
 

@@ -383,9 +383,12 @@ def answers_match(pred: str | None, gold: str | None, choices: Sequence[str] | N
             if pi is not None:
                 return pi == gi
             return _values_match(pred, choices[gi], prec)
-    # No options (or a gold outside them): two lone letters compare as letters.
-    lp = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?", _strip_wrappers(pred))
+    # No options (or a gold outside them): a lone-letter gold compares with a lone letter, or with the
+    # letter that leads "B (5)" / "C. 60" (the text cannot be checked without the options).
     lg = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?", _strip_wrappers(gold))
+    lp = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?", _strip_wrappers(pred))
+    if lg and not lp:
+        lp = re.fullmatch(r"[\(\[]?([A-Z])(?:[\)\]][.:]?\s*.+|[.:]\s+.+|\s+\(.+\))", _strip_wrappers(pred), flags=re.S)
     if lp and lg:
         return lp.group(1).upper() == lg.group(1).upper()
     return _values_match(pred, gold, prec)
