@@ -42,22 +42,29 @@ __all__ = ["extract_answer", "clean_answer", "last_boxed", "option_letter", "lea
 DEFAULT_MARKER = "# Answer"
 
 _EMPH = r"[*_]*"
+# An answer span is at most this many characters of its line, and only the last this-many statements or
+# markers are read: bounds the work on degenerate responses (a sampled "the answer is" x 5000).
+_MAX_SPAN = 1000
+_MAX_STATEMENTS = 32
 # "the answer is", "the final answer is", "final answer:", "answer:", "the correct option is", with
 # markdown emphasis around the words or the colon ("**Answer:** B", "__Answer__: B", "*Answer*: B").
 _ANSWER_IS = re.compile(
-    r"(?:\bthe\s+)?(?:\bfinal\s+)?" + _EMPH + r"(?<![A-Za-z])answer" + _EMPH + r"\s*(?:is\b\s*:?|:|=)" + _EMPH + r"\s*"
+    r"(?:\bthe\s+)?(?:\bfinal\s+)?(?<![A-Za-z])answer" + _EMPH + r"\s*(?:is\b\s*:?|:|=)" + _EMPH + r"\s*"
     r"|\b(?:correct|right|best)\s+(?:option|choice)\s+is\b\s*:?\s*",
     re.IGNORECASE,
 )
 # Option letters named by a statement that follows them: "B is the correct answer", "option B is correct".
+# A bare "B is correct" needs "option" / "choice" or parentheses: "statement A is correct" is reasoning.
 _LETTER_IS = re.compile(
     r"(?:\b(?i:option|choice)\s+)?(?:\(([A-Za-z])\)|\b([A-Z])\b)\s*(?:is|would\s+be)\s+"
-    r"(?:the\s+)?(?:(?:correct|right|best|final)\s+(?:answer|option|choice)\b|answer\b|correct\b|right\b)",
+    r"(?:the\s+)?(?:(?:correct|right|best|final)\s+)?(?i:answer|option|choice)\b"
+    r"|(?:\b(?i:option|choice)\s+\(?([A-Z])\)?|(?<![A-Za-z])\(([A-Z])\))\s*(?:is|would\s+be)\s+"
+    r"(?:the\s+)?(?i:correct|right)\b",
 )
 # A number as people write it: -1,234.5 | .5 | 3/4 | 12% | 1e-3; a time h:mm is tried first.
 _NUMBER = re.compile(
     r"(?<![\w.])(?:\d{1,2}:\d{2}(?!\d)"
-    r"|[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:/\d+)?(?:[eE][-+]?\d+)?%?)"
+    r"|(?=[-−]?\.?\d)[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:/\d+)?(?:[eE][-+]?\d+)?%?)"
 )
 # A response (or its last line) that is only an option letter, possibly followed by its option text.
 _LONE_LETTER = re.compile(
@@ -66,9 +73,10 @@ _LONE_LETTER = re.compile(
     re.IGNORECASE,
 )
 # Signs that a response discusses options; the last-number fallback is then off.
+# Case-sensitive letters, and "(A)" not after a letter: "f(x)" and "P(A)" are mathematics, not options.
 _MENTIONS_OPTIONS = re.compile(
-    r"\(\s*[A-Z]\s*\)|\b(?:option|choice)s?\s*\(?[A-Z]\b|(?:^|\n)\s*[A-Z][.)]\s|\b[A-Z]\s+is\s+(?:the\s+)?correct\b",
-    re.IGNORECASE,
+    r"(?<![A-Za-z])\(\s*[A-Z]\s*\)|\b(?i:option|choice)s?\s*\(?[A-Z]\b|(?m:^)[ \t]*[A-Z][.)]\s"
+    r"|\b[A-Z]\s+is\s+(?:the\s+)?(?i:correct|right)\b",
 )
 # An explanation after the answer: "Yes, because ...", "B since ...", "12; this is ...".
 _EXPLANATION = re.compile(
@@ -78,7 +86,7 @@ _EXPLANATION = re.compile(
 )
 # A leading option letter followed by its text or an explanation: "B (5)", "C. 60", "D) since", "B - x".
 _LETTER_LEAD = re.compile(
-    r"^(?:(?:option|choice)\s+)?(?:\(([A-Za-z])\)|([A-Z]))(?=$|[.):,]|\s+\(|\s+[-–—:]|\s+(?:because|since|as)\b)"
+    r"^(?:(?i:option|choice)\s+)?(?:\(([A-Za-z])\)|([A-Z]))(?=$|[.):,]|\s+\(|\s+[-–—:]|\s+(?:because|since|as)\b)"
     r"(.*)$",
     re.S,
 )
@@ -93,7 +101,8 @@ def _marker_regex(marker: str) -> re.Pattern[str]:
     body = marker.lstrip("#").strip()
     hashes = r"#+[ \t]*" if marker.startswith("#") else ""
     words = r"[ \t]+".join(re.escape(w) for w in body.split())
-    return re.compile(hashes + _EMPH + words + r"\b" + _EMPH + r"[ \t]*:?" + _EMPH, re.IGNORECASE)
+    lead = _EMPH if hashes else ""  # a leading [*_]* with nothing before it would scan star runs quadratically
+    return re.compile(hashes + lead + words + r"\b" + _EMPH + r"[ \t]*:?" + _EMPH, re.IGNORECASE)
 
 
 _DEFAULT_MARKER_RE = _marker_regex(DEFAULT_MARKER)
@@ -101,18 +110,23 @@ _DEFAULT_MARKER_RE = _marker_regex(DEFAULT_MARKER)
 
 def last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces balanced; None if
-    there is none or its braces never close."""
+    there is none or its braces never close. Linear in ``len(text)``."""
     starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+    if not starts:
+        return None
+    # One pass pairs every "{" with its "}" (a stack), so many unclosed boxes cost no rescans.
+    close_of: dict[int, int] = {}
+    stack: list[int] = []
+    for m in re.finditer(r"[{}]", text[starts[0] - 1:]):
+        i = m.start() + starts[0] - 1
+        if m.group(0) == "{":
+            stack.append(i)
+        elif stack:
+            close_of[stack.pop()] = i
     for start in reversed(starts):
-        depth = 1
-        for i in range(start, len(text)):
-            ch = text[i]
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i].strip()
+        end = close_of.get(start - 1)
+        if end is not None:
+            return text[start:end].strip()
     return None
 
 
@@ -143,7 +157,7 @@ def _unwrap(s: str) -> str:
             if len(s) > len(left) + len(right) - 1 and s.startswith(left) and s.endswith(right):
                 s = s[len(left): len(s) - len(right)].strip()
         # Unbalanced emphasis or math delimiters left by the marker split: "12**", "** B", "$B".
-        lead, trail = re.match(r"^[*_`]*", s).group(0), re.search(r"[*_`]*$", s).group(0)
+        lead, trail = s[: len(s) - len(s.lstrip("*_`"))], s[len(s.rstrip("*_`")):]
         if lead != trail and len(s) > len(lead) + len(trail):
             s = s[len(lead): len(s) - len(trail)].strip()
         if s.count("$") == 1:
@@ -206,13 +220,9 @@ def _after_marker(text: str, marker_re: re.Pattern[str]) -> list[str] | None:
     if not found:
         return None
     out = []
-    for m in found:
-        line = ""
-        for ln in text[m.end():].split("\n"):
-            if ln.strip():
-                line = ln.strip()
-                break
-        out.append(line)
+    for m in found[-_MAX_STATEMENTS:]:
+        rest = text[m.end(): m.end() + _MAX_SPAN + 1000].lstrip()
+        out.append(rest.split("\n", 1)[0].strip()[:_MAX_SPAN] if rest else "")
     return out
 
 
@@ -278,12 +288,12 @@ def extract_answer(text: str | None, marker: str | None = DEFAULT_MARKER, fallba
 
     # 2. statements, 3. boxed: the last statement wins, unless they assert different option letters.
     said: list[tuple[int, str | None]] = []
-    for m in _ANSWER_IS.finditer(text):
-        span = _cut_sentence(text[m.end():])
+    for m in list(_ANSWER_IS.finditer(text))[-_MAX_STATEMENTS:]:
+        span = _cut_sentence(text[m.end(): m.end() + _MAX_SPAN])
         if span:
             said.append((m.start(), clean_answer(span)))
-    for m in _LETTER_IS.finditer(text):
-        said.append((m.start(), (m.group(1) or m.group(2)).upper()))
+    for m in list(_LETTER_IS.finditer(text))[-_MAX_STATEMENTS:]:
+        said.append((m.start(), next(g for g in m.groups() if g).upper()))
     said.sort(key=lambda t: t[0])
     boxed = last_boxed(text)
     boxed_ans = clean_answer(boxed) if boxed else None

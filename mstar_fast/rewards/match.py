@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 _REL_TOL = 1e-6
 _ABS_TOL = 1e-9
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: A predicted answer longer than this never matches (``extract_answer`` spans are at most 1000 characters);
+#: bounds the cost of degenerate samples.
+MAX_ANSWER_CHARS = 1000
+# Longer sides are not handed to math_verify (sympy can take seconds on a long junk expression).
+_MAX_SYMBOLIC_CHARS = 300
 
 
 # ---------------------------------------------------------------------------------------------- cleaning
@@ -290,7 +295,8 @@ def option_index(ans: str | None, choices: Sequence[str] | None) -> int | None:
         # A lone lower-case letter is an option only when no option text is that letter.
         if i < n and not (letter.islower() and len(s) == 1 and any(normalize_text(c) == letter for c in choices)):
             return i
-    m = re.fullmatch(r"[\(\[]?([A-Z])[\)\]][.:]?\s*(.+)|([A-Z])[.:]\s+(.+)|([A-Z])\s+\((.+)\)", s, flags=re.S)
+    s_opt = re.sub(r"^(?:option|choice)\s+", "", s, flags=re.I)  # "Option B (12)"
+    m = re.fullmatch(r"[\(\[]?([A-Z])[\)\]][.:]?\s*(.+)|([A-Z])[.:]\s+(.+)|([A-Z])\s+\((.+)\)", s_opt, flags=re.S)
     if m:
         letter = m.group(1) or m.group(3) or m.group(5)
         rest = (m.group(2) or m.group(4) or m.group(6)).strip()
@@ -339,6 +345,8 @@ def _values_match(pred: str, gold: str, precision: int | None) -> bool:
             return False
     elif not (mp and mg):
         return False
+    if len(pred) > _MAX_SYMBOLIC_CHARS or len(gold) > _MAX_SYMBOLIC_CHARS:
+        return False
     return _symbolic_match(_latex_norm(_strip_wrappers(pred)), _latex_norm(_strip_wrappers(gold)))
 
 
@@ -373,7 +381,7 @@ def answers_match(pred: str | None, gold: str | None, choices: Sequence[str] | N
         return False
     prec = _check_precision(precision)
     pred, gold = str(pred).strip(), str(gold).strip()
-    if not pred or not gold:
+    if not pred or not gold or len(pred) > MAX_ANSWER_CHARS:
         return False
     if choices:
         choices = [str(c) for c in choices]

@@ -174,8 +174,18 @@ def test_two_letters_asserted_give_no_answer(text):
         assert not answers_match(extract_answer(text), gold, C4)
 
 
-KIND_COUNTS = {
-    "reported": len(REPORTED), "emphasis": len(EMPHASIS), "letter_forms": len(LETTER_FORMS),
-    "digit_groups": len(DIGIT_GROUPS), "hedges": len(HEDGES), "precision": len(PRECISION),
-    "explanations": len(EXPLANATIONS), "last_number": len(LAST_NUMBER) + 1, "ambiguous": len(AMBIGUOUS),
-}
+
+
+# Mathematics that looks like option talk, and option talk that is reasoning.
+NOT_OPTIONS = [
+    ("f(x) = 2x + 1, so f(3) = 7", "7", None, True),
+    ("P(A) = 0.3 and P(B) = 0.5, so P(A and B) = 0.15", "0.15", None, True),
+    ("Statement A is correct, but the answer is C.", "C", ANGLES, True),
+    ("# Answer\n\nOption B (45)", "B", ANGLES, True),
+    ("# Answer\n\nOption B (60)", "B", ANGLES, False),
+]
+
+
+@pytest.mark.parametrize("response,gold,choices,expected", NOT_OPTIONS)
+def test_not_options(response, gold, choices, expected):
+    assert verdict(response, gold, choices) is expected
