@@ -207,6 +207,11 @@ class _Images:
                 return [self._path(value["path"])]
             raise _Bad("bad_image_field", "image field is a dict without 'bytes' or 'path'")
         if _is_pil(value):
+            if self.check and self.check != "exists":
+                try:
+                    check_image(value)
+                except ImageError as exc:
+                    raise _Bad("corrupt_image", f"in-memory image: {exc}") from None
             return [value]
         raise _Bad("bad_image_field", f"image field has unsupported type {type(value).__name__}")
 

@@ -195,3 +195,36 @@ def test_decompression_bomb_refused():
     with pytest.raises(ImageError, match="more than the limit of 5000"):
         load_image(small, max_pixels=5000)
     assert load_image(small, max_pixels=10_000).size == (100, 100)
+
+
+def test_model_inputs_load_through_load_image(tmp_path):
+    from mstar_fast.models import load_images
+
+    im = Image.new("RGBA", (3, 3), (0, 0, 0, 0))
+    im.putpixel((1, 1), (0, 0, 0, 255))
+    (tmp_path / "t.png").write_bytes(_encode(im))
+    out = load_images([str(tmp_path / "t.png"), _encode(im), im])
+    assert all(o.mode == "RGB" and _px(o) == (255, 255, 255) and _px(o, (1, 1)) == (0, 0, 0) for o in out)
+
+
+def test_no_other_module_decodes_images_itself():
+    # One loader for every stage: only data/images.py decodes pixels (readers.py opens embedded bytes
+    # lazily for load_image; synthetic data *draws* images).
+    import re
+    from pathlib import Path
+
+    import mstar_fast
+
+    pkg = Path(mstar_fast.__file__).parent
+    offenders = []
+    for f in pkg.rglob("*.py"):
+        rel = f.relative_to(pkg).as_posix()
+        if rel == "data/images.py" or "synthetic" in rel:
+            continue
+        src = f.read_text(encoding="utf-8")
+        for m in re.finditer(r"Image\.open\(|\.convert\(\s*[\"']RGB[\"']\s*\)", src):
+            line = src[: m.start()].count("\n") + 1
+            if rel == "data/readers.py" and "lazy" in src.splitlines()[line - 1]:
+                continue
+            offenders.append(f"{rel}:{line}")
+    assert offenders == []

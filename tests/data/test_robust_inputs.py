@@ -165,3 +165,15 @@ def test_iter_jsonl_bom_and_pathological_lines(tmp_path):
     with pytest.raises(ValueError, match=r"r\.jsonl:2: not a JSON line \(RecursionError"):
         read_jsonl(f)
     assert read_jsonl(f, errors="skip") == [{"a": 1}, {"a": 5}]
+
+
+def test_in_memory_truncated_pil_image_is_a_bad_row(root):
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+    cut = Image.open(io.BytesIO(buf.getvalue()[: len(buf.getvalue()) // 2]))  # header fine, data cut
+    whole = Image.open(io.BytesIO(buf.getvalue()))
+    prompts, rep = load_prompts([{"id": "1", "image": cut, "question": "q"},
+                                 {"id": "2", "image": whole, "question": "q"}], root=root)
+    assert [p.id for p in prompts] == ["2"]
+    assert [(b.line, b.kind) for b in rep.bad] == [(1, "corrupt_image")] and "truncated" in rep.bad[0].reason
