@@ -22,10 +22,12 @@ anywhere in ``<repo>`` (the snapshot's files are symlinks into ``<repo>/blobs``)
 every image is fully decoded (:func:`mstar_fast.data.check_image`), so a truncated file or a
 decompression bomb is a bad row at load time.
 
-Text: JSONL lines are read as strict UTF-8 (a byte-order mark before the first row is dropped; ``.json``
-files may start with one too). A line of other bytes, a line too deeply nested or holding an integer
-longer than Python reads (4300 digits), and a row whose strings hold a lone surrogate (``"\\ud800"``,
-which would break every later UTF-8 writer) are bad rows; the rest of the file loads.
+Text: files are read as strict UTF-8 (a byte-order mark before the first row is dropped, in ``.jsonl``
+and ``.json`` alike). A JSONL line holding other bytes, a line too deeply nested or holding an integer
+longer than Python reads (4300 digits), a ``.json`` row whose strings hold bytes that are not UTF-8, and a
+row whose strings hold a lone surrogate (``"\\ud800"``, which would break every later UTF-8 writer) are
+bad rows; the rest of the file loads. A ``.json`` file that cannot be parsed at all (one document) is
+one ``ValueError`` naming the file.
 
 Bad rows never crash a load: each is recorded as ``BadRow(file, line, kind, reason)`` and skipped
 (``strict=True`` raises instead). ``line`` is the 1-based line of a JSONL file and the 1-based row / item
@@ -273,8 +275,11 @@ def _check_text(row: dict[str, Any]) -> None:
             try:
                 v.encode("utf-8")
             except UnicodeEncodeError as exc:
-                raise _Bad("encoding", f"text {v[:40]!r} holds a lone surrogate (U+{ord(v[exc.start]):04X}); "
-                                       "not valid Unicode") from None
+                cp = ord(v[exc.start])
+                what = f"U+{cp:04X}: a lone surrogate"
+                if 0xDC80 <= cp <= 0xDCFF:  # how surrogateescape carries a byte that is not UTF-8
+                    what += f", or the byte 0x{cp - 0xDC00:02x} that is not UTF-8"
+                raise _Bad("encoding", f"text {v[:40]!r} is not valid Unicode ({what})") from None
         elif isinstance(v, dict):
             stack.extend(v.keys())
             stack.extend(v.values())
@@ -412,13 +417,9 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _rows_json(path: Path) -> Iterator[tuple[int, Any]]:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")  # a leading byte-order mark is allowed
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
-                         "re-encode the file as UTF-8") from None
+    # A leading byte-order mark is allowed. Bytes that are not UTF-8 become lone surrogates
+    # (surrogateescape), so the row holding them is reported as a bad row by the text check.
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

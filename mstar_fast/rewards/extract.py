@@ -81,7 +81,7 @@ _MENTIONS_OPTIONS = re.compile(
 # An explanation after the answer: "Yes, because ...", "B since ...", "12; this is ...".
 _EXPLANATION = re.compile(
     r"\s*[,;]\s*(?:because|since|as|so|which|given|due\s+to|this\s+is|that\s+is|it\s+is)\b.*$"
-    r"|\s+(?:because|since)\b.*$|\s*;\s.*$",
+    r"|\s+(?:because|since)\b.*$",
     re.IGNORECASE | re.S,
 )
 # A leading option letter followed by its text or an explanation: "B (5)", "C. 60", "D) since", "B - x".

@@ -86,11 +86,12 @@ def test_non_utf8_bytes_reported_not_replaced(root):
     assert not any("\ufffd" in p.id for p in prompts)
     assert [(b.line, b.kind) for b in rep.bad] == [(2, "encoding")]
     assert "byte 0xe9" in rep.bad[0].reason
-    # a .json file in another encoding: one clear error with file and line
+    # a .json file: the row holding the byte is the bad row (item 2), the others load
     j = root / "latin.json"
-    j.write_bytes(b'[\n{"id": "a"},\n' + '{"id": "caf\xe9"}]'.encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin\.json:3: not UTF-8 \(byte 0xe9"):
-        load_prompts(j)
+    j.write_bytes(b'[\n' + _row(1).encode() + b',\n' + latin + b',\n' + _row(3).encode() + b"]")
+    prompts, rep = load_prompts(j)
+    assert [p.id for p in prompts] == ["r1", "r3"]
+    assert [(b.line, b.kind) for b in rep.bad] == [(2, "encoding")] and "byte 0xe9" in rep.bad[0].reason
 
 
 def test_pathological_json_file_is_one_clear_error(root):
