@@ -7,7 +7,10 @@ is already written. The rule that makes this safe: **only newline-terminated lin
   optional). On open it truncates a torn tail (bytes after the last newline, left by a kill in the middle
   of a write), so the next record never glues onto half a line.
 * :func:`read_jsonl` ignores a last line without its newline (the torn tail) and raises ``ValueError``
-  naming file and line for a corrupt line anywhere else (``errors="skip"`` logs and skips instead).
+  naming file and line for a corrupt line anywhere else (``errors="skip"`` logs and skips instead): not
+  JSON, not UTF-8, nested too deeply, or an integer longer than Python reads. A UTF-8 byte-order mark
+  before the first line is accepted.
+* A record holding a lone surrogate (no UTF-8 form) is written with ASCII escapes, so it round-trips.
 * :func:`done_keys` gives the keys already written, for the skip-on-restart check.
 """
 
@@ -83,12 +86,20 @@ class JsonlWriter:
         """Append one record as one line and flush it."""
         if self._f.closed:
             raise ValueError(f"JsonlWriter({self.path}): write after close")
+        obj = _to_jsonable(record)
         try:
-            line = json.dumps(_to_jsonable(record), ensure_ascii=False, allow_nan=True)
-        except (TypeError, ValueError) as exc:
+            line = json.dumps(obj, ensure_ascii=False, allow_nan=True)
+            data = line + "\n"
+            try:
+                data.encode("utf-8")
+            except UnicodeEncodeError:
+                # A lone surrogate (from a "\ud800" escape somewhere upstream) has no UTF-8 form; the
+                # ASCII-escaped line keeps it exactly and reads back to the same string.
+                data = json.dumps(obj, ensure_ascii=True, allow_nan=True) + "\n"
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(
                 f"JsonlWriter({self.path}): record {self.n_written} is not JSON-serialisable: {exc}") from exc
-        self._f.write(line + "\n")
+        self._f.write(data)
         self._f.flush()
         if self._fsync:
             os.fsync(self._f.fileno())
@@ -130,13 +141,18 @@ def iter_jsonl(path: str | os.PathLike, errors: Literal["raise", "skip"] = "rais
                 return
             if not raw.strip():
                 continue
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark
             try:
-                yield json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                msg = f"{p}:{lineno}: not a JSON line ({exc})"
+                record = json.loads(raw.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+                # RecursionError: nesting too deep; ValueError: an integer past the 4300-digit limit
+                msg = f"{p}:{lineno}: not a JSON line ({type(exc).__name__}: {exc})"
                 if errors == "raise":
                     raise ValueError(msg) from exc
                 log.warning("%s; skipped", msg)
+                continue
+            yield record
 
 
 def read_jsonl(path: str | os.PathLike, errors: Literal["raise", "skip"] = "raise") -> list[dict[str, Any]]:

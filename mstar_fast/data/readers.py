@@ -15,12 +15,23 @@ directory content). Row layouts (``layout=``), detected per row with ``auto``:
 
 Images are paths relative to ``root`` (default: the data file's directory; absolute paths must also lie
 under it) or embedded bytes (Parquet / ``datasets`` ``Image`` columns: kept in memory as lazily decoded
-PIL images). Path-based prompts hold absolute path strings. The escape check is lexical (``..``), so
-symlinks inside the root (a Hugging Face cache snapshot) are fine.
+PIL images). Path-based prompts hold absolute path strings. An image must lie under the root both as
+written (no ``..`` escape) and once resolved: a symlink inside the root pointing outside it is refused.
+The one widening: under a Hugging Face cache snapshot (``<repo>/snapshots/<rev>``) resolved paths may lie
+anywhere in ``<repo>`` (the snapshot's files are symlinks into ``<repo>/blobs``). With ``check_images``
+every image is fully decoded (:func:`mstar_fast.data.check_image`), so a truncated file or a
+decompression bomb is a bad row at load time.
+
+Text: files are read as strict UTF-8 (a byte-order mark before the first row is dropped, in ``.jsonl``
+and ``.json`` alike). A JSONL line holding other bytes, a line too deeply nested or holding an integer
+longer than Python reads (4300 digits), a ``.json`` row whose strings hold bytes that are not UTF-8, and a
+row whose strings hold a lone surrogate (``"\\ud800"``, which would break every later UTF-8 writer) are
+bad rows; the rest of the file loads. A ``.json`` file that cannot be parsed at all (one document) is
+one ``ValueError`` naming the file.
 
 Bad rows never crash a load: each is recorded as ``BadRow(file, line, kind, reason)`` and skipped
 (``strict=True`` raises instead). ``line`` is the 1-based line of a JSONL file and the 1-based row / item
-number otherwise. Kinds: ``json`` (unparseable line), ``not_object``, ``no_question``, ``no_image``,
+number otherwise. Kinds: ``json`` (unparseable line), ``encoding`` (not UTF-8, lone surrogate), ``not_object``, ``no_question``, ``no_image``,
 ``bad_image_field``, ``image_escapes_root``, ``missing_image``, ``corrupt_image``, ``bad_choices``,
 ``answer_not_in_choices``, ``no_answer`` (with ``require_answer``), ``bad_conversations``,
 ``duplicate_id``, ``invalid_row`` (a field of an unexpected type).
@@ -39,6 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 from collections.abc import Iterable, Iterator
 
+from mstar_fast.data.images import ImageError, check_image
 from mstar_fast.data.records import Prompt
 
 __all__ = ["BadRow", "LoadReport", "load_prompts", "MATHVISTA_TASKS", "parse_choices_from_question"]
@@ -175,6 +187,7 @@ class _Images:
 
     def __init__(self, root: Path, check: bool | str) -> None:
         self.root = Path(os.path.normpath(os.path.abspath(root)))
+        self.real_root = _trusted_real_root(self.root)
         self.check = check
 
     def resolve(self, value: Any) -> list[Any]:
@@ -196,6 +209,11 @@ class _Images:
                 return [self._path(value["path"])]
             raise _Bad("bad_image_field", "image field is a dict without 'bytes' or 'path'")
         if _is_pil(value):
+            if self.check and self.check != "exists":
+                try:
+                    check_image(value)
+                except ImageError as exc:
+                    raise _Bad("corrupt_image", f"in-memory image: {exc}") from None
             return [value]
         raise _Bad("bad_image_field", f"image field has unsupported type {type(value).__name__}")
 
@@ -203,20 +221,23 @@ class _Images:
         rel = rel.strip()
         if not rel:
             raise _Bad("bad_image_field", "image path is empty")
+        if "\x00" in rel:
+            raise _Bad("bad_image_field", f"image path {rel!r} contains a NUL byte")
         full = os.path.normpath(os.path.join(self.root, rel))
         if os.path.commonpath([full, str(self.root)]) != str(self.root):
             raise _Bad("image_escapes_root", f"image path {rel!r} escapes the data root {self.root}")
+        # A symlink inside the root may point anywhere: compare the resolved path as well.
+        real = os.path.realpath(full)
+        if os.path.commonpath([real, self.real_root]) != self.real_root:
+            raise _Bad("image_escapes_root", f"image path {rel!r} resolves to {real}, outside the data root "
+                                             f"{self.real_root} (a symlink pointing out of it)")
         if not os.path.isfile(full):
             raise _Bad("missing_image", f"image file not found: {full}")
         if self.check and self.check != "exists":
-            from PIL import Image
-
             try:
-                with Image.open(full) as im:
-                    im.verify()
-            except Exception as exc:
-                raise _Bad("corrupt_image",
-                           f"image {full} is not a readable image ({type(exc).__name__}: {exc})") from None
+                check_image(full)  # full decode: a truncated file is a bad row now, not at step 900
+            except ImageError as exc:
+                raise _Bad("corrupt_image", str(exc)) from None
         return full
 
     def _bytes(self, data: bytes) -> Any:
@@ -224,12 +245,46 @@ class _Images:
 
         try:
             if self.check and self.check != "exists":
-                with Image.open(io.BytesIO(data)) as im:
-                    im.verify()
-            return Image.open(io.BytesIO(data))  # lazy: pixels decode on first use
+                check_image(data)
+            return Image.open(io.BytesIO(data))  # lazy: pixels decode on first use (load_image)
+        except ImageError as exc:
+            raise _Bad("corrupt_image", f"embedded image: {exc}") from None
         except Exception as exc:
             raise _Bad("corrupt_image",
                        f"embedded image is not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _trusted_real_root(root: Path) -> str:
+    """The resolved directory that resolved image paths must lie under: the resolved root, widened to
+    the repository directory of a Hugging Face cache snapshot (``<repo>/snapshots/<rev>``), whose files
+    are symlinks into ``<repo>/blobs``."""
+    real = Path(os.path.realpath(root))
+    for p in (real, *real.parents):
+        if p.parent.name == "snapshots" and p.parent.parent.name.startswith(("datasets--", "models--")):
+            return str(p.parent.parent)
+    return str(real)
+
+
+def _check_text(row: dict[str, Any]) -> None:
+    """Every string in ``row`` must be encodable as UTF-8: a lone surrogate (``"\\ud800"`` in JSON) loads
+    fine but makes every later UTF-8 writer (samples, predictions) fail."""
+    stack: list[Any] = [row]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                cp = ord(v[exc.start])
+                what = f"U+{cp:04X}: a lone surrogate"
+                if 0xDC80 <= cp <= 0xDCFF:  # how surrogateescape carries a byte that is not UTF-8
+                    what += f", or the byte 0x{cp - 0xDC00:02x} that is not UTF-8"
+                raise _Bad("encoding", f"text {v[:40]!r} is not valid Unicode ({what})") from None
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
 
 
 def _is_pil(v: Any) -> bool:
@@ -332,23 +387,47 @@ _LAYOUTS = {"mathv360k": _row_mathv360k, "flat": _row_flat, "mathvista": _row_ma
 
 
 # ------------------------------------------------------------------------------------------- sources
+def _parse_json_line(raw: bytes, lineno: int) -> Any:
+    """One JSONL line -> a value, or a ``_Bad`` for this line only."""
+    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors): not part of the first row
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _Bad("encoding", f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} "
+                                "(re-encode the file as UTF-8)")
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return _Bad("json", f"invalid JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:
+        return _Bad("json", "JSON nested too deeply to read")
+    except ValueError as exc:  # e.g. an integer longer than Python's int-string limit (4300 digits)
+        return _Bad("json", f"JSON value cannot be read ({exc})")
+
+
 def _rows_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield lineno, _Bad("json", f"invalid JSON ({exc.msg} at column {exc.colno})")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            row = _parse_json_line(raw, lineno)
+            if row is not None:
+                yield lineno, row
 
 
 def _rows_json(path: Path) -> Iterator[tuple[int, Any]]:
+    # A leading byte-order mark is allowed. Bytes that are not UTF-8 become lone surrogates
+    # (surrogateescape), so the row holding them is reported as a bad row by the text check.
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:{exc.lineno}: not a JSON file ({exc.msg}); for one row per line use .jsonl") from exc
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to read; for one row per line use .jsonl") from None
+    except ValueError as exc:  # an integer past Python's int-string limit
+        raise ValueError(f"{path}: JSON value cannot be read ({exc}); for one row per line use .jsonl") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if isinstance(data, dict):  # MathVista testmini.json: {pid: row}
@@ -443,7 +522,8 @@ def load_prompts(
         format: ``auto``, ``jsonl``, ``json``, ``parquet`` or ``datasets``.
         layout: ``auto`` (per row), ``mathv360k``, ``flat`` or ``mathvista``.
         split: the split of a saved ``DatasetDict``, or a substring that Parquet file names must contain.
-        check_images: True opens and verifies every image with Pillow (catches corrupt files);
+        check_images: True decodes every image fully (catches corrupt and truncated files and
+            decompression bombs; JPEGs decode at 1/8 scale);
             ``"exists"`` only checks that image files exist; False trusts the paths.
         require_image: skip rows without any image (``no_image``).
         require_answer: skip rows without a gold answer (``no_answer``).
@@ -520,6 +600,7 @@ def load_prompts(
                 raise row
             if not isinstance(row, dict):
                 raise _Bad("not_object", f"row is not a JSON object (got {type(row).__name__})")
+            _check_text(row)
             lay = _detect_layout(row) if layout == "auto" else layout
             fields = _LAYOUTS[lay](row)
             imgs = images.resolve(fields["image"])

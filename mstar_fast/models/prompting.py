@@ -9,7 +9,6 @@ Failures that belong to one prompt (an image that cannot be opened, images for a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from mstar_fast.data.records import Prompt
@@ -36,25 +35,19 @@ def is_multimodal_processor(processor: Any) -> bool:
 
 
 def load_images(images: Sequence[Any]) -> list[Any]:
-    """Open image paths (or pass PIL images through) as RGB PIL images.
+    """Open image paths, bytes or PIL images as RGB PIL images (:func:`mstar_fast.data.load_image`).
 
     Raises:
         PromptError: naming the image that cannot be opened.
     """
-    from PIL import Image
+    from mstar_fast.data.images import ImageError, load_image
 
     out = []
     for i, im in enumerate(images):
-        if isinstance(im, Image.Image):
-            out.append(im.convert("RGB") if im.mode != "RGB" else im)
-            continue
-        if not isinstance(im, (str, Path)):
-            raise PromptError(f"image {i} is a {type(im).__name__}, expected a path or a PIL image")
         try:
-            with Image.open(im) as f:
-                out.append(f.convert("RGB"))
-        except Exception as e:  # PIL raises several types (UnidentifiedImageError, OSError, ...)
-            raise PromptError(f"cannot open image {i} ({im}): {type(e).__name__}: {e}") from e
+            out.append(load_image(im))
+        except ImageError as e:
+            raise PromptError(f"cannot open image {i} ({im}): {e}") from e
     return out
 
 

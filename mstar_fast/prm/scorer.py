@@ -74,12 +74,9 @@ def _pieces(tokenizer: Any, ids: list[int]) -> list[str]:
 
 
 def _load_image(image: Any) -> Any:
-    if isinstance(image, str):
-        from PIL import Image
+    from mstar_fast.data.images import load_image
 
-        with Image.open(image) as im:
-            return im.convert("RGB")
-    return image
+    return load_image(image)
 
 
 class PRMScorer:

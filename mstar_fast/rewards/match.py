@@ -5,22 +5,26 @@ errs on the side of *recognising the same value written differently* and never o
 credit. Rules, in order:
 
 1. **Multiple choice** (``choices`` given): both sides are mapped to an option index. A side maps when it
-   is a letter (``B``, ``(b)``, ``Option B``, ``B. 12``) or equals one option's text (by the rules below,
-   so ``12.0`` picks the option ``12``). Same index: match. A gold that maps to no option falls through.
+   is a letter (``B``, ``(b)``, ``Option B``, ``B. 12``, ``B (12)``) or equals one option's text (by the
+   rules below, so ``12.0`` picks the option ``12``). A letter followed by the text of a *different* option
+   (``B (14)`` when B is ``12`` and C is ``14``) maps to none. Same index: match. A gold that maps to no
+   option falls through.
 2. **Times** ``h:mm`` compare as (hours, minutes).
-3. **Numbers**: thousands separators, currency signs, units (``3 cm``, ``45°``, ``\\text{ m}``) and an
-   ``x =`` prefix are stripped; fractions (``3/4``, ``\\frac{3}{4}``) are exact; a percentage matches both
-   its number and its fraction (``50%`` = ``50`` = ``0.5``, but ``50`` != ``0.5``). With ``precision``
-   (MathVista: decimal places of a float answer) both sides are rounded half-up to it; without it values
-   must agree to a relative 1e-6, or the prediction may be the gold value rounded to the prediction's own
-   decimals when it writes at least two (``0.33`` for ``1/3``, ``3.14`` for ``3.14159``).
+3. **Numbers**: thousands separators (also LaTeX's ``9{,}500``, ``9\\,500``, ``9\\!500`` and thin
+   spaces), currency signs, units (``3 cm``, ``45°``, ``\\text{ m}``), an ``x =`` prefix and a hedge
+   (``approximately``, ``about``, ``around``, ``roughly``, ``≈``, ``~``) are stripped; fractions (``3/4``,
+   ``\\frac{3}{4}``) are exact; a percentage matches both its number and its fraction (``50%`` = ``50`` =
+   ``0.5``, but ``50`` != ``0.5``). With ``precision`` (MathVista: decimal places of a float answer) both
+   sides are rounded with Python's ``round``, as MathVista's scorer does (``round(1.25, 1) == 1.2``);
+   without it values must agree to a relative 1e-6, or the prediction may be the gold value rounded to the
+   prediction's own decimals when it writes at least two (``0.33`` for ``1/3``, ``3.14`` for ``3.14159``).
    When both sides are numbers, the numeric verdict is final (so ``2`` never matches ``12``).
 4. **Text / LaTeX**: case-, space- and LaTeX-spacing-insensitive string equality after normalisation
    (``\\dfrac``/``\\tfrac`` -> ``\\frac``, ``\\left``/``\\right``, ``\\text{}``, ``^\\circ`` ...).
-5. **Symbolic** (``\\sqrt{8}`` vs ``2\\sqrt{2}``, ``(x+1)^2`` vs ``x^2+2x+1``): ``math_verify`` when it is
-   importable (``pip install math-verify``; pure Python, sympy-based), skipped otherwise. It is only
-   asked when both sides look mathematical (a backslash, ``^``, ``sqrt``, ``pi``, or an operator between
-   terms), never for plain words or letters.
+5. **Symbolic** (``\\sqrt{8}`` vs ``2\\sqrt{2}``, ``(x+1)^2`` vs ``x^2+2x+1``): ``math_verify`` (a core
+   dependency; sympy-based). It is only asked when both sides look mathematical (a backslash, ``^``,
+   ``sqrt``, ``pi``, or an operator between terms), never for plain words or letters: it would read
+   ``east`` and ``seat`` as the same product of four symbols.
 
 **contract** ``answers_match(pred, gold, choices=None, precision=None) -> bool``.
 """
@@ -45,6 +49,11 @@ log = logging.getLogger(__name__)
 _REL_TOL = 1e-6
 _ABS_TOL = 1e-9
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: A predicted answer longer than this never matches (``extract_answer`` spans are at most 1000 characters);
+#: bounds the cost of degenerate samples.
+MAX_ANSWER_CHARS = 1000
+# Longer sides are not handed to math_verify (sympy can take seconds on a long junk expression).
+_MAX_SYMBOLIC_CHARS = 300
 
 
 # ---------------------------------------------------------------------------------------------- cleaning
@@ -69,6 +78,9 @@ def _strip_wrappers(s: str) -> str:
 def _latex_norm(s: str) -> str:
     """LaTeX normalisation shared by the number and text rules."""
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    # Digit-group separators: 9{,}500 -> 9,500 (then the thousands rule); 9\,500, 9\!500, thin spaces -> 9500.
+    s = s.replace("{,}", ",")
+    s = re.sub(r"(?<=\d)(?:\\[,!: ]|[\u2009\u202f\u00a0])(?=\d{3}(?!\d))", "", s)
     s = re.sub(r"\\left\b|\\right\b", "", s)
     s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}", r"\1", s)
     s = re.sub(r"\\[,;:! ]|\\quad|\\qquad", " ", s)
@@ -96,6 +108,8 @@ _NUM = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?"
 _FRAC_LATEX = re.compile(r"^([-+]?)\\frac\s*\{\s*([-+]?\d+(?:\.\d+)?)\s*\}\s*\{\s*([-+]?\d+(?:\.\d+)?)\s*\}$")
 _FRAC_SHORT = re.compile(r"^([-+]?)\\frac\s*(\d)(\d)$")  # \frac12
 _FRAC_SLASH = re.compile(r"^([-+]?\d+(?:\.\d+)?)\s*/\s*([-+]?\d+(?:\.\d+)?)$")
+_HEDGE = re.compile(r"^(?:(?:approximately|approx\.?|about|around|roughly|circa|~|≈|\\approx|\\sim)\s*)+",
+                    re.IGNORECASE)
 _PLAIN = re.compile(r"^" + _NUM + r"$")
 # A trailing unit: words, degree and power signs, per-slash (km/h), m^2 / cm².
 _UNIT = re.compile(r"^(.*?[\d}])\s*(?:°|%|percent|[a-zA-Zµ]+(?:\^?[23²³])?(?:\s*/\s*[a-zA-Z]+)?(?:\s+[a-zA-Z]+)*)?$")
@@ -151,7 +165,8 @@ def parse_number(s: str | None) -> _Num | None:
     if s is None:
         return None
     t = _latex_norm(_strip_wrappers(str(s))).strip()
-    t = re.sub(r"^[a-zA-Z]\s*=\s*(?=\S)", "", t)  # "x = 5"
+    t = re.sub(r"^[a-zA-Z]\s*(?:=|≈|\\approx)\s*(?=\S)", "", t)  # "x = 5", "x \approx 5"
+    t = _HEDGE.sub("", t)  # "approximately 3.14", "about 5 cm", "≈ 3.14"
     t = re.sub(r"^(?:[$€£¥]|usd\s*)", "", t, flags=re.I).strip()
     if not t or not re.search(r"\d", t):
         return None
@@ -192,8 +207,13 @@ def _numbers_match(pred: _Num, gold: _Num, precision: int | None) -> bool:
             if pv == gv:
                 return True
             if precision is not None:
-                if _round_half_up(pv, precision) == _round_half_up(gv, precision):
-                    return True
+                # MathVista's scorer: round(float(x), precision) on both sides (Python's round, so
+                # round(1.25, 1) == 1.2 as binary floats go).
+                try:
+                    if round(float(pv), precision) == round(float(gv), precision):
+                        return True
+                except OverflowError:  # a number past the float range equals no rounded gold value
+                    pass
                 continue
             if math.isclose(float(pv), float(gv), rel_tol=_REL_TOL, abs_tol=_ABS_TOL):
                 return True
@@ -216,18 +236,24 @@ def _parse_time(s: str) -> tuple[int, int, int, str] | None:
 # ----------------------------------------------------------------------------------------- math_verify
 @functools.lru_cache(maxsize=1)
 def _math_verify() -> Any:
+    # Imported on first use, not at import time: math_verify pulls in sympy (about a second).
     try:
-        import math_verify  # noqa: F401
         from math_verify import parse, verify
         from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig
-    except Exception:  # ImportError, or a broken install
-        return None
+    except ImportError as exc:
+        raise ImportError("mstar_fast.rewards needs math-verify (a core dependency): pip install 'math-verify>=0.9'") \
+            from exc
     return parse, verify, (LatexExtractionConfig(), ExprExtractionConfig())
 
 
 def math_verify_available() -> bool:
-    """Whether the optional ``math_verify`` package is importable (symbolic equivalence on)."""
-    return _math_verify() is not None
+    """True when ``math_verify`` imports. It is a core dependency, so False means a broken install (and
+    :func:`answers_match` raises ``ImportError`` on the first mathematical comparison)."""
+    try:
+        _math_verify()
+    except ImportError:
+        return False
+    return True
 
 
 _MATHY = re.compile(r"\\[a-zA-Z]+|\^|sqrt|π|\bpi\b|\d\s*[a-z]\b|[a-z0-9)]\s*[-+*/]\s*[a-z0-9(\\]", re.I)
@@ -238,10 +264,7 @@ def _looks_mathematical(s: str) -> bool:
 
 
 def _symbolic_match(pred: str, gold: str) -> bool:
-    mv = _math_verify()
-    if mv is None:
-        return False
-    parse, verify, configs = mv
+    parse, verify, configs = _math_verify()
     main = threading.current_thread() is threading.main_thread()
     timeout = 3 if main else None  # math_verify's timeout uses signal.alarm: main thread only
     try:
@@ -272,12 +295,21 @@ def option_index(ans: str | None, choices: Sequence[str] | None) -> int | None:
         # A lone lower-case letter is an option only when no option text is that letter.
         if i < n and not (letter.islower() and len(s) == 1 and any(normalize_text(c) == letter for c in choices)):
             return i
-    m = re.fullmatch(r"[\(\[]?([A-Z])[\)\]][.:]?\s+(.+)|([A-Z])[.:]\s+(.+)", s, flags=re.S)
+    s_opt = re.sub(r"^(?:option|choice)\s+", "", s, flags=re.I)  # "Option B (12)"
+    m = re.fullmatch(r"[\(\[]?([A-Z])[\)\]][.:]?\s*(.+)|([A-Z])[.:]\s+(.+)|([A-Z])\s+\((.+)\)", s_opt, flags=re.S)
     if m:
-        letter = m.group(1) or m.group(3)
+        letter = m.group(1) or m.group(3) or m.group(5)
+        rest = (m.group(2) or m.group(4) or m.group(6)).strip()
         i = LETTERS.index(letter)
-        if i < n:
+        if i >= n:
+            return None
+        # "B (5)" with B = "5": the letter. "B (7)" with B = "5" and D = "7": the text names another
+        # option, so the answer is self-contradictory and names none. Other text is an explanation.
+        if _values_match(rest, str(choices[i]), None):
             return i
+        if any(_values_match(rest, str(c), None) for j, c in enumerate(choices) if j != i):
+            return None
+        return i
     hits = [i for i, c in enumerate(choices) if _values_match(s, str(c), None)]
     if len(hits) == 1:
         return hits[0]
@@ -313,6 +345,8 @@ def _values_match(pred: str, gold: str, precision: int | None) -> bool:
             return False
     elif not (mp and mg):
         return False
+    if len(pred) > _MAX_SYMBOLIC_CHARS or len(gold) > _MAX_SYMBOLIC_CHARS:
+        return False
     return _symbolic_match(_latex_norm(_strip_wrappers(pred)), _latex_norm(_strip_wrappers(gold)))
 
 
@@ -347,7 +381,7 @@ def answers_match(pred: str | None, gold: str | None, choices: Sequence[str] | N
         return False
     prec = _check_precision(precision)
     pred, gold = str(pred).strip(), str(gold).strip()
-    if not pred or not gold:
+    if not pred or not gold or len(pred) > MAX_ANSWER_CHARS:
         return False
     if choices:
         choices = [str(c) for c in choices]
@@ -357,9 +391,12 @@ def answers_match(pred: str | None, gold: str | None, choices: Sequence[str] | N
             if pi is not None:
                 return pi == gi
             return _values_match(pred, choices[gi], prec)
-    # No options (or a gold outside them): two lone letters compare as letters.
-    lp = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?", _strip_wrappers(pred))
+    # No options (or a gold outside them): a lone-letter gold compares with a lone letter, or with the
+    # letter that leads "B (5)" / "C. 60" (the text cannot be checked without the options).
     lg = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?", _strip_wrappers(gold))
+    lp = re.fullmatch(r"[\(\[]?([A-Za-z])[\)\]]?", _strip_wrappers(pred))
+    if lg and not lp:
+        lp = re.fullmatch(r"[\(\[]?([A-Z])(?:[\)\]][.:]?\s*.+|[.:]\s+.+|\s+\(.+\))", _strip_wrappers(pred), flags=re.S)
     if lp and lg:
         return lp.group(1).upper() == lg.group(1).upper()
     return _values_match(pred, gold, prec)

@@ -35,7 +35,7 @@ FALLBACK_CASES = [
     ("So the answer is 17.", "17"),
     ("The answer is 3.5. Then we stop.", "3.5"),
     ("First I thought the answer is 2. But the final answer is 3.", "3"),
-    ("Answer: (B)", "(B)"),
+    ("Answer: (B)", "B"),  # an option letter comes out bare
     ("Final Answer: $x^2$", "x^2"),
     ("The answer is **B**.", "B"),
     ("The answer isn't obvious, but we count 6", "6"),
