@@ -21,8 +21,9 @@ checkpoint or the new one, never a half one (``.tmp`` leftovers are ignored, and
 into the same parent directory, which assumes one run writes there at a time). Resuming restores weights, optimizer, scheduler, counters and RNG states, so on CPU a run stopped
 after step s and resumed equals the uninterrupted run bit for bit.
 
-Safety: nothing is ever unpickled. ``*.pt`` files are read with ``torch.load(weights_only=True)`` (tensors
-and plain containers/numbers only; every state written here is made of those), and the pickled
+Safety: no file of a checkpoint can make a resume run code. ``*.pt`` files are read with
+``torch.load(weights_only=True)`` (tensors and plain containers/numbers only; every state written here is
+made of those: the RNG states are stored as tensors and numbers, not as pickled objects), and the pickled
 ``.metadata`` of ``sharded/`` is checked with an unpickler that only knows the classes
 ``torch.distributed.checkpoint`` writes there. A file asking for anything else (a crafted run directory)
 is refused with :class:`UnsafeCheckpointError` before any of its code could run.
