@@ -253,3 +253,16 @@ def test_newer_format_and_other_mode_are_not_damage(two_checkpoints):
     f.write_text(json.dumps({**state, "mode": "rest_em"}))
     with pytest.raises(ValueError, match="mode 'rest_em'"):
         resume_latest(engine, root)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rng_states_round_trip(two_checkpoints, tmp_path):
+    engine, _ = two_checkpoints
+    torch.cuda.manual_seed_all(11)
+    path = save_checkpoint(engine, tmp_path / "c")
+    expect = torch.rand(4, device="cuda").tolist()
+    torch.cuda.manual_seed_all(12)
+    load_checkpoint(engine, path)
+    assert torch.rand(4, device="cuda").tolist() == expect
+    raw = torch.load(path / "rng" / "rank-00000.pt", weights_only=True)
+    assert len(raw["cuda"]) == torch.cuda.device_count() and raw["cuda"][0].dtype == torch.uint8
