@@ -239,8 +239,9 @@ def _damaged(path: Path, why: str) -> DamagedCheckpointError:
 
 def _is_whole_pickle(path: Path) -> bool:
     """Whether ``path`` (a torch zip archive's ``data.pkl``, or the file itself) is one complete,
-    well-formed pickle stream: what a deliberately written file is, and damaged bytes almost never are.
-    Only parses the opcodes (``pickletools``); nothing is unpickled."""
+    well-formed pickle stream: what a deliberately written file is, and damaged bytes almost never are
+    (``zipfile`` checks the archive's CRC-32, which torch does not: a bit flip is damage). Only parses the
+    opcodes (``pickletools``); nothing is unpickled."""
     try:
         data = path.read_bytes()
         if zipfile.is_zipfile(path):

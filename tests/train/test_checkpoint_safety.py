@@ -175,11 +175,21 @@ def _state_field(value):
     return damage
 
 
+def _flip_pickle_byte(f: Path) -> None:
+    """A bit flip inside data.pkl (a GLOBAL's name): torch reads it as a refused global; the zip CRC says damage."""
+    data = bytearray(f.read_bytes())
+    i = data.find(b"_rebuild_tensor_v2")
+    assert i > 0
+    data[i + 3] ^= 0x20
+    f.write_bytes(bytes(data))
+
+
 DAMAGE = {
     "truncated optimizer": ("optimizer.pt", _truncate),
     "empty optimizer": ("optimizer.pt", lambda f: f.write_bytes(b"")),
     "garbage optimizer": ("optimizer.pt", lambda f: f.write_bytes(os.urandom(4096))),
     "optimizer holds no optimizer": ("optimizer.pt", lambda f: torch.save([1, 2, 3], f)),
+    "bit flip in optimizer": ("optimizer.pt", _flip_pickle_byte),
     "missing optimizer": ("optimizer.pt", lambda f: f.unlink()),
     "truncated weights": ("model/model.safetensors", _truncate),
     "corrupt weights header": ("model/model.safetensors",
