@@ -275,21 +275,23 @@ def _torch_load(path: Path, root: Path, map_location: Any = None, allow: tuple[A
 
 # What torch.distributed.checkpoint pickles into a sharded checkpoint's .metadata (dataclasses, enums, torch
 # dtypes and sizes, paths): checked with an unpickler that knows only these before dcp.load reads the file.
-_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem",
-                "torch.distributed.checkpoint.planner")
-_DCP_NAMES = {("torch", "Size"), ("torch", "device"), ("torch.serialization", "_get_layout"),
-              ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
-              ("pathlib", "PureWindowsPath"), ("collections", "OrderedDict"), ("builtins", "set"),
-              ("builtins", "frozenset"), ("builtins", "slice")}
+_DCP_METADATA = "torch.distributed.checkpoint.metadata"  # dataclasses and enums only
+_DCP_NAMES = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"), ("torch", "device"),
+              ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+              ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"), ("collections", "OrderedDict"),
+              ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice")}
 
 
 class _DcpMetadataUnpickler(pickle.Unpickler):
+    """Knows only the classes above: any other global (a function to call, a class with side effects)
+    is an ``UnpicklingError`` before it is even looked up."""
+
     def find_class(self, module: str, name: str) -> Any:
         import importlib
 
-        if module in _DCP_MODULES and not name.startswith("__"):
+        if module == _DCP_METADATA:
             obj = getattr(importlib.import_module(module), name, None)
-            if isinstance(obj, type):  # classes (dataclasses, enums) only: no functions
+            if isinstance(obj, type) and obj.__module__ == module:  # defined there: no imported names
                 return obj
         elif (module, name) in _DCP_NAMES:
             return super().find_class(module, name)

@@ -126,6 +126,12 @@ def test_crafted_sharded_metadata_is_refused(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="builtins.exec"):
         _check_dcp(bad, bad.parent)
     assert not marker.exists()
+    # Only dcp's metadata classes: not another class of its modules, not a name a module imported.
+    for module, name in (("torch.distributed.checkpoint.filesystem", "FileSystemWriter"),
+                         ("torch.distributed.checkpoint.metadata", "Enum"), ("torch", "load")):
+        (bad / ".metadata").write_bytes(b"\x80\x02c" + f"{module}\n{name}\n".encode() + b")R.")
+        with pytest.raises(UnsafeCheckpointError, match=re.escape(f"{module}.{name}")):
+            _check_dcp(bad, bad.parent)
     (bad / ".metadata").write_bytes((good / ".metadata").read_bytes()[:40])
     with pytest.raises(DamagedCheckpointError, match="metadata"):
         _check_dcp(bad, bad.parent)
