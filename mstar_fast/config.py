@@ -498,7 +498,7 @@ RANGES: dict[str, _Range] = {
 
 def _check_ranges(cfg: Any) -> None:
     """Raise ValueError naming the dotted key, the bad value and the allowed values, for the first field of
-    :data:`RANGES` whose value does not fit."""
+    :data:`RANGES` whose value does not fit (then for ``rollout.backend``)."""
     for key, rule in RANGES.items():
         value: Any = cfg
         for part in key.split("."):
@@ -515,6 +515,11 @@ def _check_ranges(cfg: Any) -> None:
                 raise ValueError(f"config: {key} must not repeat a value, got {value!r}")
         elif not rule.fits(value):
             raise ValueError(f"config: {key} must be {rule.describe()}, got {value!r}")
+    from mstar_fast.rollout.engine import BACKENDS  # here: the rollout package is heavy to import
+
+    # The other choices fail within seconds (the engine is built first); the backend only at the first sampling.
+    if cfg.rollout.backend not in BACKENDS:
+        raise ValueError(f"config: rollout.backend must be one of {BACKENDS}, got {cfg.rollout.backend!r}")
 
 
 # ---------------------------------------------------------------------------------------- conversion

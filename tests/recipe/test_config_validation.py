@@ -55,6 +55,7 @@ from mstar_fast.config import RANGES, RunConfig, load_config
     ("model.tiny.base_lr=0", "model.tiny.base_lr must be a finite number > 0, got 0.0"),
     ("model.threads=-2", "model.threads must be an integer >= 0, got -2"),
     ("log.keep_checkpoints=0", "log.keep_checkpoints must be an integer >= 1, got 0"),
+    ("rollout.backend=vllmm", "rollout.backend must be one of ('hf', 'vllm'), got 'vllmm'"),
 ])
 def test_bad_value_names_key_value_and_range(item, message):
     with pytest.raises(ValueError, match=re.escape(message)):
