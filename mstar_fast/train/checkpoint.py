@@ -385,8 +385,13 @@ def _read_state(root: Path) -> dict[str, Any]:
             raise _damaged(f, f"{key} must be an integer >= 0, got {state.get(key)!r}")
     if not isinstance(state.get("mode"), str):
         raise _damaged(f, f"mode must be a string, got {state.get('mode')!r}")
-    if not isinstance(state.get("open_call"), (dict, type(None))):
-        raise _damaged(f, f"open_call must be an object or null, got {state.get('open_call')!r}")
+    open_call = state.get("open_call")
+    if not isinstance(open_call, (dict, type(None))):
+        raise _damaged(f, f"open_call must be an object or null, got {open_call!r}")
+    if open_call is not None:  # what SFTEngine.train_on continues an interrupted call from
+        missing = [k for k in ("call", "fingerprint", "steps_arg", "epochs", "done") if k not in open_call]
+        if missing or not (_is_count(open_call["call"]) and _is_count(open_call["done"])):
+            raise _damaged(f, f"open_call lacks {missing} or has a bad call / done count: {open_call!r}")
     if not isinstance(state.get("extra"), (dict, type(None))):
         raise _damaged(f, f"extra must be an object or null, got {state.get('extra')!r}")
     return state

@@ -209,6 +209,8 @@ DAMAGE = {
     "trainer state a list": ("trainer_state.json", lambda f: f.write_text("[]")),
     "trainer state bad step": ("trainer_state.json", _state_field("two")),
     "trainer state negative step": ("trainer_state.json", _state_field(-1)),
+    "trainer state bad open call": ("trainer_state.json", lambda f: f.write_text(json.dumps(
+        {**json.loads(f.read_text()), "open_call": {"call": 2, "done": "x"}}))),
     "trainer state no version": ("trainer_state.json", lambda f: f.write_text('{"global_step": 2}')),
 }
 
