@@ -569,11 +569,13 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
 def resume_latest(engine: SFTEngine, directory: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
     """Load the newest usable checkpoint under ``directory`` into ``engine``; collective under torchrun.
 
-    A damaged checkpoint (a truncated ``optimizer.pt``, corrupt weights, a bad ``trainer_state.json``, ...)
-    is skipped with a :class:`CheckpointWarning` naming the damaged file, and the previous one is tried.
+    A damaged checkpoint (a truncated ``optimizer.pt``, corrupt weights, a bad or missing
+    ``trainer_state.json``, ...) is skipped with a :class:`CheckpointWarning` naming the damaged file, and
+    the previous one is tried.
 
     Returns:
-        ``(checkpoint path, the caller's extra state)``, or None when ``directory`` holds no checkpoint.
+        ``(checkpoint path, the caller's extra state)``, or None when ``directory`` holds no checkpoint
+        (neither a complete nor a damaged one: a run that never reached one).
 
     Raises:
         DamagedCheckpointError: every checkpoint under ``directory`` is damaged (all named in the message).
@@ -582,6 +584,12 @@ def resume_latest(engine: SFTEngine, directory: str | os.PathLike) -> tuple[Path
         ValueError: a checkpoint of another mode / layout / a newer format (no fallback: not damage).
     """
     damaged: list[DamagedCheckpointError] = []
+    d = Path(directory)
+    # A numbered directory without trainer_state.json is no checkpoint (saves are atomic): a damaged one.
+    for p in sorted(d.iterdir()) if d.is_dir() else []:
+        if p.is_dir() and not p.name.startswith(".") and _STEP_RE.search(p.name) and not (p / STATE_FILE).is_file():
+            damaged.append(_damaged(p / STATE_FILE, "missing"))
+            warnings.warn(f"{damaged[-1]}; skipped", CheckpointWarning, stacklevel=2)
     for ckpt in list_checkpoints(directory):
         try:
             extra = load_checkpoint(engine, ckpt)
@@ -590,7 +598,7 @@ def resume_latest(engine: SFTEngine, directory: str | os.PathLike) -> tuple[Path
             warnings.warn(f"{exc}; trying the previous checkpoint", CheckpointWarning, stacklevel=2)
             continue
         if damaged:
-            warnings.warn(f"resumed from {ckpt}, skipping {len(damaged)} damaged newer checkpoint(s): "
+            warnings.warn(f"resumed from {ckpt}, skipping {len(damaged)} damaged checkpoint(s): "
                           + ", ".join(str(e.path) for e in damaged), CheckpointWarning, stacklevel=2)
         return ckpt, extra
     if damaged:

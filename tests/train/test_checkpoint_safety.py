@@ -284,3 +284,16 @@ def test_cuda_rng_states_round_trip(two_checkpoints, tmp_path):
     assert torch.rand(4, device="cuda").tolist() == expect
     raw = torch.load(path / "rng" / "rank-00000.pt", weights_only=True)
     assert len(raw["cuda"]) == torch.cuda.device_count() and raw["cuda"][0].dtype == torch.uint8
+
+
+def test_checkpoint_without_trainer_state_is_damage_not_absence(two_checkpoints):
+    """A numbered checkpoint directory without trainer_state.json is skipped with a warning; when it is the
+    only one, resume fails instead of silently starting the run over."""
+    engine, root = two_checkpoints
+    (root / "step-2" / "trainer_state.json").unlink()
+    with pytest.warns(CheckpointWarning, match=re.escape(str(root / "step-2" / "trainer_state.json"))):
+        ckpt, extra = resume_latest(engine, root)
+    assert ckpt == root / "step-1" and extra == {"v": 1}
+    (root / "step-1" / "trainer_state.json").unlink()
+    with pytest.warns(CheckpointWarning), pytest.raises(DamagedCheckpointError, match="no usable checkpoint"):
+        resume_latest(engine, root)
