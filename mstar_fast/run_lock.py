@@ -124,7 +124,7 @@ def _acquire(root: Path, command: str | None) -> int:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise RunDirLockedError(root, read_holder(root)) from None
-        raise
+        raise type(exc)(exc.errno, f"cannot lock {path}: {exc.strerror} (a filesystem without flock support?)") from exc
     info = {"pid": os.getpid(), "host": socket.gethostname(),
             "command": command if command is not None else " ".join(sys.argv), "since": time.time()}
     try:

@@ -140,3 +140,20 @@ def test_read_only_run_dir_is_a_clear_error(tmp_path):
                 pass
     finally:
         ro.chmod(0o700)
+
+
+def test_filesystem_without_flock_is_a_clear_error(tmp_path, monkeypatch):
+    import errno
+
+    import mstar_fast.run_lock as L
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(L.fcntl, "flock", no_locks)
+    with pytest.raises(OSError, match="cannot lock .*flock support"):
+        with lock_run_dir(tmp_path / "run"):
+            pass
+    monkeypatch.undo()
+    with lock_run_dir(tmp_path / "run"):  # the failed attempt left nothing held
+        assert _contend(tmp_path / "run").returncode == 3
