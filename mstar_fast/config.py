@@ -341,6 +341,7 @@ class RunConfig:
             if not ok:
                 raise ValueError(f"config: {key} must be {rule}, got {value!r}")
 
+        _check_ranges(self)  # every numeric field (RANGES), before the rules that combine fields
         it, t, p = self.iterate, self.temperature, self.prm
         need(it.iterations >= 0, "iterate.iterations", ">= 0", it.iterations)
         need(0 < it.interval <= 1, "iterate.interval", "in (0, 1]", it.interval)
@@ -371,6 +372,154 @@ class RunConfig:
              self.model.tiny.base_hint_fraction)
         need(self.log.keep_checkpoints >= 1, "log.keep_checkpoints", ">= 1", self.log.keep_checkpoints)
         self.train.validate()
+
+
+# ---------------------------------------------------------------------------------------- value ranges
+# Every numeric field's allowed values, checked when the config loads (RunConfig.validate): a NaN lr or a
+# top_p of 1.5 fails at once with its dotted key, not 40-60 s into a run when the stage reaches it.
+@dataclass(frozen=True)
+class _Range:
+    """Allowed values of one numeric field: an ``int`` or a finite ``real`` between ``lo`` and ``hi``
+    (open ends where ``lo_open`` / ``hi_open``); ``null`` allowed when ``nullable``; ``each``: the field is a
+    non-empty list and every item must fit (``distinct``: no repeats)."""
+
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    nullable: bool = False
+    each: bool = False
+    distinct: bool = False
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind == "int" else "a finite number"
+        if self.lo is not None and self.hi is not None:
+            rng = f" in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            rng = f" {'>' if self.lo_open else '>='} {self.lo:g}"
+        elif self.hi is not None:
+            rng = f" {'<' if self.hi_open else '<='} {self.hi:g}"
+        else:
+            rng = ""
+        return what + rng + (" or null" if self.nullable else "")
+
+    def fits(self, v: Any) -> bool:
+        import math
+
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        if self.kind == "int" and not isinstance(v, int):
+            return False
+        if not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+
+def _int(lo: float | None = None, **kw: Any) -> _Range:
+    return _Range("int", lo, **kw)
+
+
+def _real(lo: float | None = None, hi: float | None = None, **kw: Any) -> _Range:
+    return _Range("real", lo, hi, **kw)
+
+
+_PROBABILITY = _real(0, 1)
+#: dotted key -> allowed values; every int / float field of RunConfig is here (tests/recipe enforce it)
+RANGES: dict[str, _Range] = {
+    "seed": _int(),
+    "model.threads": _int(0),
+    **{f"model.tiny.{k}": _int(1) for k in ("vocab_size", "hidden_size", "num_layers", "num_heads", "image_size",
+                                             "patch_size", "vision_layers", "base_batch_size")},
+    "model.tiny.seed": _int(),
+    "model.tiny.base_prompts": _int(0),
+    "model.tiny.base_steps": _int(0),
+    "model.tiny.base_lr": _real(0, lo_open=True),
+    "model.tiny.base_hint_fraction": _PROBABILITY,
+    "data.n_train": _int(0), "data.n_val": _int(0), "data.n_test": _int(0),
+    "data.synthetic_levels": _int(1, each=True),
+    "data.synthetic_image_size": _int(1),
+    "data.synthetic_seed": _int(),
+    "rollout.max_new_tokens": _int(1),
+    "rollout.top_p": _real(0, 1, lo_open=True),
+    "rollout.top_k": _int(0),  # 0: off
+    "rollout.min_p": _PROBABILITY,
+    "rollout.max_batch_tokens": _int(1),
+    "rollout.max_batch_rows": _int(1),
+    "rollout.chunk_prompts": _int(1),
+    "warmup.n_prompts": _int(0),
+    "warmup.samples": _int(1),
+    "warmup.temperature": _real(0),  # 0: greedy
+    "warmup.keep_per_prompt": _int(1),
+    "warmup.epochs": _int(1),
+    "warmup.lr": _real(0, nullable=True),
+    "prm.n_prompts": _int(0),
+    "prm.samples": _int(1),
+    "prm.temperature": _real(0),
+    "prm.m": _int(1),
+    "prm.lr": _real(0),
+    "prm.epochs": _int(1),
+    "prm.batch_size": _int(1),
+    "iterate.iterations": _int(0),
+    "iterate.interval": _real(0, 1, lo_open=True),
+    "iterate.k": _int(1),
+    "iterate.select_k": _int(1),
+    "iterate.threshold": _PROBABILITY,  # PRM scores are probabilities of a good step
+    "iterate.epochs": _int(1),
+    "iterate.steps": _int(1, nullable=True),
+    "temperature.initial": _real(0, lo_open=True),
+    "temperature.grid": _real(0, lo_open=True, each=True, distinct=True),
+    "temperature.adapt_every": _int(1),
+    "monitor.k": _int(2),  # Reward-Pass@2 ranks 2 samples
+    "monitor.n_val": _int(0),
+    "monitor.test_every": _int(0),
+    "monitor.max_new_tokens": _int(1, nullable=True),
+    "train.lr": _real(0),
+    "train.weight_decay": _real(0),
+    "train.betas": _real(0, 1, hi_open=True, each=True),
+    "train.eps": _real(0, lo_open=True),
+    "train.warmup_steps": _int(0),
+    "train.total_steps": _int(1, nullable=True),
+    "train.min_lr_ratio": _PROBABILITY,
+    "train.global_batch_size": _int(1),
+    "train.micro_batch_size": _int(1),
+    "train.max_grad_norm": _real(nullable=True),  # <= 0: no clipping
+    "train.seed": _int(),
+    "train.loss_chunk_size": _int(1, nullable=True),
+    "train.log_every": _int(0),
+    "pseudo.start_iteration": _int(0),
+    "pseudo.ratio": _real(0, lo_open=True),
+    "pseudo.min_agreement": _PROBABILITY,
+    "log.keep_checkpoints": _int(1),
+}
+
+
+def _check_ranges(cfg: Any) -> None:
+    """Raise ValueError naming the dotted key, the bad value and the allowed values, for the first field of
+    :data:`RANGES` whose value does not fit (then for ``rollout.backend``)."""
+    for key, rule in RANGES.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is None and rule.nullable:
+            continue
+        if rule.each:
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+                raise ValueError(f"config: {key} must be a non-empty list, each item {rule.describe()}; got {value!r}")
+            for i, v in enumerate(value):
+                if not rule.fits(v):
+                    raise ValueError(f"config: {key}[{i}] must be {rule.describe()}, got {v!r}")
+            if rule.distinct and len(set(value)) != len(value):
+                raise ValueError(f"config: {key} must not repeat a value, got {value!r}")
+        elif not rule.fits(value):
+            raise ValueError(f"config: {key} must be {rule.describe()}, got {value!r}")
+    from mstar_fast.rollout.engine import BACKENDS  # here: the rollout package is heavy to import
+
+    # The other choices fail within seconds (the engine is built first); the backend only at the first sampling.
+    if cfg.rollout.backend not in BACKENDS:
+        raise ValueError(f"config: rollout.backend must be one of {BACKENDS}, got {cfg.rollout.backend!r}")
 
 
 # ---------------------------------------------------------------------------------------- conversion

@@ -564,7 +564,7 @@ def run(cfg: RunConfig, resume: bool = False, stop_after: str | None = None) -> 
     from mstar_fast.recipe.monitor import ValidationReport, validate
     from mstar_fast.recipe.pseudo import pseudo_labeled_samples
     from mstar_fast.recipe.temperature import TemperatureController
-    from mstar_fast.train import latest_checkpoint
+    from mstar_fast.train.checkpoint import resume_latest
 
     if stop_after is not None and stop_after not in STOP_AFTER:
         raise ValueError(f"run: stop_after must be one of {STOP_AFTER} or None, got {stop_after!r}")
@@ -618,9 +618,9 @@ def run(cfg: RunConfig, resume: bool = False, stop_after: str | None = None) -> 
     val = data.val[: mon.n_val] if mon.n_val else data.val
     cursor, unl_cursor, start = 0, 0, 0
     ckpt_dir = run_dir / "checkpoints"
-    ckpt = latest_checkpoint(ckpt_dir)
-    if ckpt is not None:
-        extra = trainer.load_checkpoint(ckpt)
+    resumed = resume_latest(trainer, ckpt_dir)  # a damaged newest checkpoint: the previous one, with a warning
+    if resumed is not None:
+        ckpt, extra = resumed
         start, cursor, unl_cursor = extra["iteration"] + 1, extra["cursor"], extra.get("unlabeled_cursor", 0)
         controller.load_state_dict(extra["temperature"])
         _truncate_metrics(run_dir, extra["iteration"])
