@@ -142,7 +142,8 @@ class RolloutEngine:
         Returns:
             ``len(prompts) * n`` samples grouped by prompt in input order, ``index`` 0..n-1 within each.
             ``token_ids`` holds the generated ids (with the final EOS, if any); ``text`` their decoding
-            without special tokens. A prompt that cannot be run (image that cannot be opened, prompt
+            without special tokens; ``token_logprobs`` the sampler's logprob of each of those ids under
+            ``log_softmax(logits / T)`` (None on the ``generate`` fallback). A prompt that cannot be run (image that cannot be opened, prompt
             longer than the context) gives n samples with ``finish_reason="error"`` and ``meta["error"]``.
 
         Raises:
