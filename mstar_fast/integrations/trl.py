@@ -249,7 +249,8 @@ def rollout_func(engine: Any, *, seed: int | None = None, check_template: bool =
     generation prefills every copy). Sampling settings come from the trainer's config: ``temperature``,
     ``top_p``, ``top_k``, ``min_p``, ``max_completion_length``. Sample ``k`` of a prompt uses the engine's
     per-sample seed, derived from ``seed`` (default ``args.seed``) and the trainer's global step, so a
-    run is reproducible and every step draws fresh samples.
+    run is reproducible and every step draws fresh samples. As in TRL's own generation, the model's image
+    and video placeholder tokens are never sampled (added to ``engine.suppress_token_ids``).
 
     Args:
         engine: a ``RolloutEngine`` built on the trainer's policy object (``engine.model`` must be the
@@ -277,6 +278,13 @@ def rollout_func(engine: Any, *, seed: int | None = None, check_template: bool =
         if unwrap(trainer.model) is not engine.model:
             raise ValueError("rollout_func: the engine's model is not the trainer's model; build the RolloutEngine "
                              "on the same model object you pass to GRPOTrainer")
+        # As TRL's own generation: never sample an image / video placeholder token (the trainer would count it
+        # as an image slot and fail to match the image features).
+        cfg = engine.model.config
+        for name in ("image_token_id", "video_token_id", "image_token_index"):
+            tid = getattr(cfg, name, None)
+            if isinstance(tid, int) and tid >= 0 and tid not in engine.suppress_token_ids:
+                engine.suppress_token_ids.append(tid)
         args = trainer.args
         params = _sampling_args(args)
         step = int(getattr(getattr(trainer, "state", None), "global_step", 0))

@@ -121,6 +121,9 @@ class RolloutEngine:
         self.mergeable: bool | None = None  # can rows of several prompts share a cache? (known after a prefill)
         self.shared_prefix = shared_prefix
         self._shared_checked = shared_prefix is False
+        # Token ids never sampled (e.g. image placeholders, which a trainer would mistake for image slots);
+        # set by callers such as integrations.trl.rollout_func.
+        self.suppress_token_ids: list[int] = []
         # M-RoPE models (Qwen2-VL family) keep the prompt's position offset in a `rope_deltas` attribute.
         self._rope_holders = [m for m in model.modules() if "rope_deltas" in vars(m)]
 

@@ -160,6 +160,7 @@ class Run:
             self._run_fallback(g, enc)
             return None
         rows, p = g.rows, g.params
+        logits = self._suppress(logits)
         first, first_lp = sample_from_logits(logits.expand(rows, -1), temperature=p.temperature, top_k=p.top_k,
                                              top_p=p.top_p, min_p=p.min_p,
                                              seed=torch.tensor(g.seeds[:rows], device=logits.device), offset=0,
@@ -187,7 +188,7 @@ class Run:
                           use_cache=True, **{e._cache_kw: store.cache}, **e._extra_kw)
         store.check_step()
         batch.next_pos += 1
-        tokens, logprobs = self._sample(out.logits[:, -1], batch)
+        tokens, logprobs = self._sample(self._suppress(out.logits[:, -1]), batch)
         batch.last = tokens
         batch.steps += 1
         live = batch.alive.nonzero().flatten().tolist() if batch.n_dead else range(rows)
@@ -213,6 +214,13 @@ class Run:
         batch.retire(done)
         for g in touched.values():
             self._maybe_done(g)
+
+    def _suppress(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with the engine's ``suppress_token_ids`` set to -inf (a copy; unchanged when none)."""
+        ids = self.eng.suppress_token_ids
+        if not ids:
+            return logits
+        return logits.index_fill(1, torch.tensor(ids, dtype=torch.long, device=logits.device), float("-inf"))
 
     def _sample(self, logits: torch.Tensor, b: RunningBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row sampling; rows admitted at different times sit at different steps, hence offsets.
