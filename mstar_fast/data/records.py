@@ -43,7 +43,9 @@ class Prompt:
 class Sample:
     """One response. ``index`` is 0..n-1 within its prompt; ``seed`` is the per-sample sampler seed;
     ``finish_reason`` is "stop" (EOS or a stop string), "length" or "error"; ``step_scores`` / ``score``
-    come from the PRM (score = min over steps); ``selected`` marks the responses kept for training."""
+    come from the PRM (score = min over steps); ``selected`` marks the responses kept for training.
+    ``token_logprobs`` (when the engine records them) holds, per entry of ``token_ids``, the sampler's
+    log-probability of that token under the temperature-scaled, unfiltered distribution (fp32 values)."""
 
     prompt_id: str
     index: int
@@ -57,6 +59,7 @@ class Sample:
     score: float | None = None
     selected: bool = False
     token_ids: list[int] | None = None
+    token_logprobs: list[float] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,8 +39,8 @@ class Group:
         return all(s is not None for s in self.samples)
 
 
-# (group, 1-row prefill cache, next position id, first tokens, sample indices)
-Entry = tuple[Group, Any, int, list[int], list[int]]
+# (group, 1-row prefill cache, next position id, first tokens, sample indices, first tokens' logprobs)
+Entry = tuple[Group, Any, int, list[int], list[int], list[float]]
 
 
 class RunningBatch:
@@ -63,6 +63,7 @@ class RunningBatch:
         self.groups: list[Group] = []  # per row
         self.index: list[int] = []  # per row: sample index within its group
         self.tokens: list[list[int]] = []  # per row: generated ids
+        self.logprobs: list[list[float]] = []  # per row: the sampler's logprob of each generated id
         self.reserved = 0  # KV positions the batch may need: see `cost`
         # Finished rows stay (decoded, ignored) until enough of them pile up: dropping rows copies the
         # per-row cache, so dropping one at a time would cost more than the few wasted row-steps.
@@ -90,7 +91,7 @@ class RunningBatch:
         return type(self.store).__name__ == "SharedPrefixStore"
 
     def add(self, entries: list[Entry]) -> None:
-        """Add rows for each entry ``(group, cache, next_pos, first, indices)``: ``len(indices)`` rows of
+        """Add rows for each entry ``(group, cache, next_pos, first, indices, first_logprobs)``: ``len(indices)`` rows of
         ``group`` (sample indices ``indices``) from its 1-row prefill ``cache``, whose first generated tokens
         are ``first`` and whose next position id is ``next_pos``. All entries join with one cache copy."""
         if not entries:
@@ -103,10 +104,10 @@ class RunningBatch:
             self.store = (SharedPrefixStore if shared else PaddedStore)(self.device)
         # Positions still to be written by any row: the preallocated cache is sized for them.
         room = max([g.limit for g, *_ in entries] + ([int((self.limit - self.steps).max())] if len(self) else []))
-        self.store.add([(c, len(ix)) for _, c, _, _, ix in entries], room)
+        self.store.add([(c, len(ix)) for _, c, _, _, ix, _ in entries], room)
         cols: dict[str, list] = {k: [] for k in ("next_pos", "last", "steps", "seeds", "temperature", "top_k", "top_p",
                                                   "min_p", "limit", "alive")}
-        for g, _, next_pos, first, indices in entries:
+        for g, _, next_pos, first, indices, first_lp in entries:
             r, p = len(indices), g.params
             for k, v in (("next_pos", next_pos), ("steps", 1), ("temperature", p.temperature), ("top_k", p.top_k),
                          ("top_p", p.top_p), ("min_p", p.min_p), ("limit", g.limit), ("alive", True)):
@@ -116,6 +117,7 @@ class RunningBatch:
             self.groups += [g] * r
             self.index += list(indices)
             self.tokens += [[t] for t in first]
+            self.logprobs += [[lp] for lp in first_lp]
             self.reserved += self.cost(g.prompt_len, g.limit, r)
         for k, v in cols.items():
             old = getattr(self, k)
@@ -137,6 +139,7 @@ class RunningBatch:
         self.groups = [self.groups[r] for r in rows]
         self.index = [self.index[r] for r in rows]
         self.tokens = [self.tokens[r] for r in rows]
+        self.logprobs = [self.logprobs[r] for r in rows]
         self.store.select(idx)
         for name in ("next_pos", "last", "steps", "seeds", "temperature", "top_k", "top_p", "min_p", "limit", "alive"):
             setattr(self, name, getattr(self, name).index_select(0, idx))

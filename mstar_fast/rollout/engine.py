@@ -121,6 +121,9 @@ class RolloutEngine:
         self.mergeable: bool | None = None  # can rows of several prompts share a cache? (known after a prefill)
         self.shared_prefix = shared_prefix
         self._shared_checked = shared_prefix is False
+        # Token ids never sampled (e.g. image placeholders, which a trainer would mistake for image slots);
+        # set by callers such as integrations.trl.rollout_func.
+        self.suppress_token_ids: list[int] = []
         # M-RoPE models (Qwen2-VL family) keep the prompt's position offset in a `rope_deltas` attribute.
         self._rope_holders = [m for m in model.modules() if "rope_deltas" in vars(m)]
 
@@ -142,7 +145,8 @@ class RolloutEngine:
         Returns:
             ``len(prompts) * n`` samples grouped by prompt in input order, ``index`` 0..n-1 within each.
             ``token_ids`` holds the generated ids (with the final EOS, if any); ``text`` their decoding
-            without special tokens. A prompt that cannot be run (image that cannot be opened, prompt
+            without special tokens; ``token_logprobs`` the sampler's logprob of each of those ids under
+            ``log_softmax(logits / T)`` (None on the ``generate`` fallback). A prompt that cannot be run (image that cannot be opened, prompt
             longer than the context) gives n samples with ``finish_reason="error"`` and ``meta["error"]``.
 
         Raises:

@@ -160,18 +160,22 @@ class Run:
             self._run_fallback(g, enc)
             return None
         rows, p = g.rows, g.params
-        first = sample_from_logits(logits.expand(rows, -1), temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                                   min_p=p.min_p, seed=torch.tensor(g.seeds[:rows], device=logits.device), offset=0)
-        live, live_first = [], []
-        for r, t in enumerate(first.tolist()):
+        logits = self._suppress(logits)
+        first, first_lp = sample_from_logits(logits.expand(rows, -1), temperature=p.temperature, top_k=p.top_k,
+                                             top_p=p.top_p, min_p=p.min_p,
+                                             seed=torch.tensor(g.seeds[:rows], device=logits.device), offset=0,
+                                             return_logprobs=True)
+        live, live_first, live_lp = [], [], []
+        for r, (t, lp) in enumerate(zip(first.tolist(), first_lp.tolist())):
             reason = self._finish_reason(t, [t], 1, g.limit)
             if reason:
-                self._finalize(g, r, [t], reason)
+                self._finalize(g, r, [t], reason, [lp])
             else:
                 live.append(r)
                 live_first.append(t)
+                live_lp.append(lp)
         self._maybe_done(g)
-        return (g, cache, next_pos, live_first, live) if live else None
+        return (g, cache, next_pos, live_first, live, live_lp) if live else None
 
     def _step(self, batch: RunningBatch) -> None:
         """One decode step over every live row."""
@@ -184,13 +188,14 @@ class Run:
                           use_cache=True, **{e._cache_kw: store.cache}, **e._extra_kw)
         store.check_step()
         batch.next_pos += 1
-        tokens = self._sample(out.logits[:, -1], batch)
+        tokens, logprobs = self._sample(self._suppress(out.logits[:, -1]), batch)
         batch.last = tokens
         batch.steps += 1
         live = batch.alive.nonzero().flatten().tolist() if batch.n_dead else range(rows)
-        tl = tokens.tolist()
+        tl, lpl = tokens.tolist(), logprobs.tolist()
         for r in live:
             batch.tokens[r].append(tl[r])
+            batch.logprobs[r].append(lpl[r])
         done = torch.isin(tokens, self.eos) if len(self.eos) else torch.zeros_like(tokens, dtype=torch.bool)
         done |= batch.steps >= batch.limit
         if self.checker:
@@ -204,24 +209,35 @@ class Run:
         for r in done.nonzero().flatten().tolist():
             g, toks = batch.groups[r], batch.tokens[r]
             reason = self._finish_reason(toks[-1], toks, len(toks), g.limit) or "length"
-            self._finalize(g, batch.index[r], toks, reason)
+            self._finalize(g, batch.index[r], toks, reason, batch.logprobs[r])
             touched[id(g)] = g
         batch.retire(done)
         for g in touched.values():
             self._maybe_done(g)
 
-    def _sample(self, logits: torch.Tensor, b: RunningBatch) -> torch.Tensor:
-        """Per-row sampling; rows admitted at different times sit at different steps, hence offsets."""
+    def _suppress(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with the engine's ``suppress_token_ids`` set to -inf (a copy; unchanged when none)."""
+        ids = self.eng.suppress_token_ids
+        if not ids:
+            return logits
+        return logits.index_fill(1, torch.tensor(ids, dtype=torch.long, device=logits.device), float("-inf"))
+
+    def _sample(self, logits: torch.Tensor, b: RunningBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row sampling; rows admitted at different times sit at different steps, hence offsets.
+        Returns ``[R]`` tokens and their fp32 logprobs (``Sample.token_logprobs``)."""
         steps = b.steps
         s0 = int(steps[0])
         if bool((steps == s0).all()):
-            return sample_from_logits(logits, b.temperature, b.top_k, b.top_p, b.min_p, seed=b.seeds, offset=s0)
+            return sample_from_logits(logits, b.temperature, b.top_k, b.top_p, b.min_p, seed=b.seeds, offset=s0,
+                                      return_logprobs=True)
         out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+        lps = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         for s in torch.unique(steps).tolist():
             idx = (steps == s).nonzero().flatten()
-            out[idx] = sample_from_logits(logits.index_select(0, idx), b.temperature[idx], b.top_k[idx], b.top_p[idx],
-                                          b.min_p[idx], seed=b.seeds[idx], offset=int(s))
-        return out
+            out[idx], lps[idx] = sample_from_logits(logits.index_select(0, idx), b.temperature[idx], b.top_k[idx],
+                                                    b.top_p[idx], b.min_p[idx], seed=b.seeds[idx], offset=int(s),
+                                                    return_logprobs=True)
+        return out, lps
 
     # ------------------------------------------------------------------ finishing
     def _finish_reason(self, last: int, toks: list[int], steps: int, limit: int) -> str | None:
@@ -233,8 +249,10 @@ class Run:
             return "length"
         return None
 
-    def _finalize(self, g: Group, index: int, toks: list[int], reason: str) -> None:
-        """Turn one finished row into its sample (all n samples for a greedy group)."""
+    def _finalize(self, g: Group, index: int, toks: list[int], reason: str,
+                  logprobs: list[float] | None = None) -> None:
+        """Turn one finished row into its sample (all n samples for a greedy group). ``logprobs`` (one per
+        token of ``toks``) become ``Sample.token_logprobs``; None on the ``generate`` fallback."""
         tok = self.eng.tokenizer
         body = toks[:-1] if toks and toks[-1] in self.eng.eos_ids else toks
         text = tok.decode(body, skip_special_tokens=True)
@@ -245,7 +263,8 @@ class Run:
                 reason, meta["stop"] = "stop", hit
         for k in (range(g.n) if g.rows == 1 and g.n > 1 else [index]):
             g.samples[k] = Sample(prompt_id=g.prompt.id, index=k, text=text, temperature=g.params.temperature,
-                                  seed=g.seeds[k], finish_reason=reason, token_ids=list(toks), meta=dict(meta))
+                                  seed=g.seeds[k], finish_reason=reason, token_ids=list(toks),
+                                  token_logprobs=None if logprobs is None else list(logprobs), meta=dict(meta))
             self.bar.update(1)
 
     def _maybe_done(self, g: Group) -> None:
