@@ -6,7 +6,7 @@ shows what a person viewing the file sees:
 * **transparency** (``RGBA``, ``LA``, ``PA``, ``P`` or ``L`` / ``RGB`` with a ``transparency`` key) is
   composited onto **white**: math diagrams are often black strokes on a transparent background, which a
   plain ``convert("RGB")`` turns all black;
-* the **EXIF orientation** tag is applied (phone photos are stored sideways);
+* the **EXIF orientation** tag (all eight values) is applied (phone photos are stored sideways);
 * **16-bit grayscale** (``I;16*``, and ``I`` holding values above 255) is scaled to 8 bits
   (``v * 255 / 65535``), not clipped: clipping collapses a 16-bit image to two levels;
 * **float** images (``F``) in ``[0, 1]`` are scaled by 255, others are clipped to ``[0, 255]``;
@@ -43,6 +43,9 @@ MAX_PIXELS = 16384 * 16384
 ImageSource = Union[str, os.PathLike, bytes, bytearray, "PILImage"]
 
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# EXIF orientation tag value (tag 0x0112) -> the PIL.Image.Transpose name that displays the image upright.
+_ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+                7: "TRANSVERSE", 8: "ROTATE_90"}
 
 
 class ImageError(ValueError):
@@ -180,7 +183,7 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> PILImage:
         ImageError: (a ``ValueError``) the source is not an image, is truncated or corrupt, is too large,
             has an unsupported mode, or is of an unsupported type.
     """
-    from PIL import ImageOps
+    from PIL import Image
 
     name = _name(source)
     im, opened = _open(source, max_pixels)
@@ -189,12 +192,14 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> PILImage:
             im.seek(0)
         _decode(im, name)
         try:
-            turned = ImageOps.exif_transpose(im)
+            orientation = int(im.getexif().get(0x0112, 1))
         except Exception:  # a malformed EXIF block: keep the stored orientation rather than lose the image
-            turned = im
-        if turned is None:
-            turned = im
-        out = _to_rgb(turned, name)
+            orientation = 1
+        # Convert first, turn second: the turn then works on plain RGB whatever the mode (I;16, F, P).
+        out = _to_rgb(im, name)
+        method = _ORIENTATION.get(orientation)
+        if method is not None:
+            out = out.transpose(Image.Transpose[method])
         if out is im and opened:
             out = im.copy()  # detach from the file about to be closed
         return out

@@ -78,7 +78,7 @@ _MENTIONS_OPTIONS = re.compile(
     r"(?<![A-Za-z])\(\s*[A-Z]\s*\)|\b(?i:option|choice)s?\s*\(?[A-Z]\b|(?m:^)[ \t]*[A-Z][.)]\s"
     r"|\b[A-Z]\s+is\s+(?:the\s+)?(?i:correct|right)\b",
 )
-# An explanation after the answer: "Yes, because ...", "B since ...", "12; this is ...".
+# An explanation after the answer: "Yes, because ...", "B since ...", "12, which is ...".
 _EXPLANATION = re.compile(
     r"\s*[,;]\s*(?:because|since|as|so|which|given|due\s+to|this\s+is|that\s+is|it\s+is)\b.*$"
     r"|\s+(?:because|since)\b.*$",
@@ -204,8 +204,8 @@ def clean_answer(ans: str) -> str | None:
         rest = lead.group(3)
         if _SECOND_LETTER.match(rest):
             return None  # "B or C", "A, C": two options asserted
-        if re.fullmatch(r"[.):,]*", rest) or re.match(r"\s*[-–—]|\s*,", rest):
-            s = letter  # "C.", "(C)", "C - the largest", "C, as ...": the letter
+        if re.fullmatch(r"[.):,]*", rest) or re.match(r"\s*[-–—]\s+[a-z]|\s*,\s*[a-z]", rest):
+            s = letter  # "C.", "(C)", "C - the largest", "C, as ...": the letter ("A - B" stays whole)
         # else "B (5)", "C. 60": kept whole, so that matching can check the text against option B
     elif re.fullmatch(r"\(?[A-Z]\)?\s*(?:,|/|&|or|and)\s*\(?[A-Z]\)?(?:\s*(?:,|/|&|or|and)\s*\(?[A-Z]\)?)*",
                       s):

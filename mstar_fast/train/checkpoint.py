@@ -267,7 +267,8 @@ def _torch_load(path: Path, root: Path, map_location: Any = None, allow: tuple[A
         if not _is_whole_pickle(path):  # random bytes can look like a refused pickle too: that is damage
             raise _damaged(path, _first_line(exc)) from None
         m = _UNSAFE_GLOBAL.search(str(exc))
-        what = f"asks the unpickler for {m.group(1)}" if m else "holds pickle instructions beyond tensors and plain data"
+        what = (f"asks the unpickler for {m.group(1)}" if m
+                else "holds pickle instructions beyond tensors and plain data")
         raise _unsafe(path, root, what) from None
     except Exception as exc:  # truncated / not a zip / garbage: torch raises a variety of types
         raise _damaged(path, _first_line(exc)) from exc

@@ -228,3 +228,30 @@ def test_no_other_module_decodes_images_itself():
                 continue
             offenders.append(f"{rel}:{line}")
     assert offenders == []
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillow_reference(orientation):
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(orientation)
+    im = Image.fromarray(rng.integers(0, 256, (3, 5, 3), dtype=np.uint8))  # 5 x 3, asymmetric
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(im, "PNG", exif=exif.tobytes())
+    ref = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    out = load_image(data)
+    assert out.size == ref.size and out.tobytes() == ref.tobytes()
+    assert out.size == ((5, 3) if orientation <= 4 else (3, 5))
+
+
+def test_transparent_palette_with_exif_rotation_still_on_white():
+    im = Image.new("P", (4, 2), 0)
+    im.putpalette([0, 0, 0, 10, 200, 10] + [0] * (254 * 3))
+    im.putpixel((0, 0), 1)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = load_image(_encode(im, "PNG", transparency=0, exif=exif.tobytes()))
+    assert out.size == (2, 4)
+    assert _px(out, (1, 0)) == (10, 200, 10)  # the mark moved top-right
+    assert _px(out, (0, 3)) == (255, 255, 255)  # transparent index composited on white

@@ -99,3 +99,11 @@ def test_wrong_answer_is_judged_wrong(response, gold, choices, precision):
 
 def test_adversarial_set_is_large():
     assert len(WRONG) >= 60
+
+
+def test_expression_is_not_its_first_letter():
+    # "A - B" is an expression, not option A with an explanation; "B, C" names two options.
+    assert extract_answer("# Answer\n\nA - B") == "A - B"
+    assert not answers_match(extract_answer("# Answer\n\nA - B"), "A")
+    assert not answers_match(extract_answer("# Answer\n\nA - B"), "A", ["1", "2"])
+    assert extract_answer("# Answer\n\nB, C") is None

@@ -4,7 +4,6 @@ newest checkpoint makes resume fall back to the previous one with a warning nami
 from __future__ import annotations
 
 import ast
-import io
 import json
 import os
 import pickle
@@ -147,7 +146,8 @@ def test_rng_states_round_trip_as_tensors(two_checkpoints, tmp_path):
     expect = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
     random.seed(30), np.random.seed(40), torch.manual_seed(50)
     load_checkpoint(engine, path)
-    assert (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()) == expect
+    got = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
+    assert got == expect
     raw = torch.load(path / "rng" / "rank-00000.pt", weights_only=True)
     assert all(isinstance(v, (torch.Tensor, int, float, str, type(None), list)) for v in raw.values())
 
