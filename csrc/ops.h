@@ -12,8 +12,11 @@
 
 namespace mstar_fast {
 
+// sample_from_logits: the checks of the Python layer (shapes, dtypes, devices, ranges; reads the per-row
+// parameters: one sync for CUDA tensors), and the row status the kernels write (NaN / +inf / all -inf rows).
 void check_sample_inputs(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                          const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seed, int64_t offset);
+void check_sample_status(const at::Tensor& tokens);
 std::vector<mstar::SampleRowParams> pack_sample_params(const at::Tensor& logits, const at::Tensor& temperature,
                                                        const at::Tensor& top_k, const at::Tensor& top_p,
                                                        const at::Tensor& min_p, const at::Tensor& seed,
@@ -23,6 +26,10 @@ std::tuple<at::Tensor, at::Tensor> sample_from_logits_cpu(const at::Tensor& logi
                                                           const at::Tensor& top_k, const at::Tensor& top_p,
                                                           const at::Tensor& min_p, const at::Tensor& seed,
                                                           int64_t offset, bool return_logprobs);
+std::tuple<at::Tensor, at::Tensor> sample_from_logits_meta(const at::Tensor& logits, const at::Tensor& temperature,
+                                                           const at::Tensor& top_k, const at::Tensor& top_p,
+                                                           const at::Tensor& min_p, const at::Tensor& seed,
+                                                           int64_t offset, bool return_logprobs);
 #ifdef MSTAR_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> sample_from_logits_cuda(const at::Tensor& logits, const at::Tensor& temperature,
                                                            const at::Tensor& top_k, const at::Tensor& top_p,

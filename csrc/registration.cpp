@@ -25,6 +25,9 @@ TORCH_LIBRARY_IMPL(mstar_fast, CPU, m) {
   m.impl("group_topk", &mstar_fast::group_topk_cpu);
 }
 
+// Output shapes only (tracing); it also turns a meta parameter next to real logits into a clear device error.
+TORCH_LIBRARY_IMPL(mstar_fast, Meta, m) { m.impl("sample_from_logits", &mstar_fast::sample_from_logits_meta); }
+
 #ifdef MSTAR_WITH_CUDA
 TORCH_LIBRARY_IMPL(mstar_fast, CUDA, m) {
   m.impl("sample_from_logits", &mstar_fast::sample_from_logits_cuda);

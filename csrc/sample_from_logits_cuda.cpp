@@ -62,6 +62,7 @@ std::tuple<at::Tensor, at::Tensor> sample_from_logits_cuda(const at::Tensor& log
                                                return_logprobs ? logprobs.data_ptr<float>() : nullptr, stream);
   TORCH_CHECK(err == cudaSuccess, "sample_from_logits (cuda): kernel launch failed for logits of shape [", B, ", ",
               V, "] (", x.scalar_type(), "): ", cudaGetErrorString(err));
+  check_sample_status(tokens);
   // `packed` and the converted parameters are freed here; the caching allocator keeps their memory for this
   // stream's queued work, so the kernels still read valid data.
   return {tokens, logprobs};

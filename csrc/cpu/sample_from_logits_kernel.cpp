@@ -554,7 +554,7 @@ template <typename scalar_t>
 int64_t sample_row(const scalar_t* row, int64_t V, const SampleRowParams& p, Scratch& s, float* logprob) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   constexpr bool kF32 = std::is_same_v<scalar_t, float>;
-  const bool greedy = p.temperature == 0.f;
+  const bool greedy = p.temperature < kGreedyTemperature;  // also the tiny T whose 1 / T overflows
   const float inv_t = greedy ? 1.f : 1.f / p.temperature;
   const bool use_k = p.top_k > 0 && p.top_k < V;
   const bool use_p = p.top_p < 1.f;

@@ -312,7 +312,7 @@ __global__ void __launch_bounds__(kThreads)
   const T* row_ptr = logits + b * static_cast<int64_t>(V);
   const Row<T> row{row_ptr, V, reinterpret_cast<uintptr_t>(row_ptr) % 16 == 0};
   const SampleRowParams& p = params[b];  // fields re-read at use (L1): keeps registers free, no spills
-  const bool greedy = p.temperature == 0.f;
+  const bool greedy = p.temperature < kGreedyTemperature;  // also the tiny T whose 1 / T overflows
   // log2(e) / T, clamped so that a tiny T gives 0 * scale == 0 for the max rather than 0 * inf.
   const float scale = greedy ? kLog2e : fminf(kLog2e / p.temperature, FLT_MAX);
 

@@ -1,11 +1,13 @@
-"""Public ops on plain tensors. Each picks a backend per call (see ``_dispatch``):
-``cuda`` | ``triton`` | ``cpp`` | ``torch``, forced with ``use_backend`` or ``MSTAR_FAST_BACKEND``."""
+"""Public ops on plain tensors. Each is declared once in ``_registry`` (schema, backends, torch reference)
+and picks a backend per call: ``cuda`` | ``triton`` | ``cpp`` | ``torch``, forced with ``use_backend`` or
+``MSTAR_FAST_BACKEND``. One module per op, named after it."""
 
-from mstar_fast.ops._dispatch import BACKENDS, BackendUnavailableError, available_backends, use_backend
+from mstar_fast.ops._registry import BACKENDS, BackendUnavailableError, available_backends, use_backend
 from mstar_fast.ops.fused_linear_cross_entropy import fused_linear_cross_entropy
-from mstar_fast.ops.prm import prm_step_scores
-from mstar_fast.ops.sampling import sample_from_logits
-from mstar_fast.ops.segments import REDUCTIONS, group_topk, segment_reduce
+from mstar_fast.ops.group_topk import group_topk
+from mstar_fast.ops.prm_step_scores import prm_step_scores
+from mstar_fast.ops.sample_from_logits import sample_from_logits
+from mstar_fast.ops.segment_reduce import REDUCTIONS, segment_reduce
 
 __all__ = [
     "BACKENDS",

@@ -18,6 +18,16 @@ def tensor(op: str, name: str, x: object, dim: int) -> torch.Tensor:
     return x
 
 
+def float_vector(op: str, name: str, x: object) -> torch.Tensor:
+    """``x`` must be a 1-D float32 / float64 / bfloat16 / float16 tensor."""
+    x = tensor(op, name, x, 1)
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"{op}: {name} must be float32, float64, bfloat16 or float16, got {x.dtype} (convert with .float())"
+        )
+    return x
+
+
 def same_device(op: str, ref_name: str, ref: torch.Tensor, name: str, x: torch.Tensor) -> None:
     if x.device != ref.device:
         raise ValueError(f"{op}: {name} is on {x.device} but {ref_name} is on {ref.device}")

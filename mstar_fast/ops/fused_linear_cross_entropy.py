@@ -8,8 +8,8 @@ backward multiplies in), so backward costs nothing and no chunk is recomputed; f
 gradient differs per row and must be folded in before the sum over rows, so forward only computes losses
 and backward recomputes the chunks. Rows whose label is ``ignore_index`` are dropped before any matmul.
 
-Backends (``_dispatch.select``): ``triton`` (the per-chunk softmax + gradient kernel in
-``kernels/fused_linear_cross_entropy.py``, the default on CUDA) and ``torch`` (the same chunking with
+Backends (declared in ``_registry``): ``triton`` (the per-chunk softmax + gradient kernel in
+``mstar_fast/kernels/fused_linear_cross_entropy.py``, the default on CUDA) and ``torch`` (the same chunking with
 in-place torch ops, the default on CPU). The matmuls are torch in both. With ``MSTAR_FAST_FLCE_LIGER=1``
 and ``liger_kernel`` importable, CUDA calls with reduction mean/sum go to Liger-Kernel's implementation.
 """
@@ -24,8 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from mstar_fast import _ext
-from mstar_fast.ops import _dispatch
+from mstar_fast.ops import _registry
 
 logger = logging.getLogger("mstar_fast")
 
@@ -42,7 +41,7 @@ _MIN_CHUNK_ROWS = 64
 ChunkCE = Callable[[torch.Tensor, torch.Tensor, int, "torch.Tensor | None", bool], tuple[torch.Tensor, "torch.Tensor | None"]]
 
 
-def _cross_entropy_chunk_torch(
+def cross_entropy_chunk_torch(
     logits: torch.Tensor,
     labels: torch.Tensor,
     ignore_index: int,
@@ -72,26 +71,6 @@ def _cross_entropy_chunk_torch(
         row_scale = valid.to(x.dtype) if scale is None else torch.where(valid, scale.to(x.dtype), 0.0)
         x.mul_(row_scale.view(C, 1))
     return loss, x.to(logits.dtype)
-
-
-def _cross_entropy_chunk_triton(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    ignore_index: int,
-    scale: torch.Tensor | None,
-    want_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    mod, reason = _ext.load_triton()
-    if mod is None:
-        raise _dispatch.BackendUnavailableError(f"fused_linear_cross_entropy: {reason}")
-    kern = importlib.import_module("mstar_fast.kernels.fused_linear_cross_entropy")
-    return kern.cross_entropy_chunk(logits, labels, ignore_index, scale, want_grad)
-
-
-_IMPLS: dict[str, ChunkCE] = {
-    "triton": _cross_entropy_chunk_triton,
-    "torch": _cross_entropy_chunk_torch,
-}
 
 
 def _chunk_rows(n: int, v: int, itemsize: int, device: torch.device, chunk_size: int | None) -> int:
@@ -282,7 +261,7 @@ def _use_liger(device: torch.device, reduction: str) -> Callable | None:
         return None
     if reduction == "none":  # older Liger releases scale the summed weight gradient wrongly for "none"
         return None
-    if _dispatch.forced_backend() not in ("auto", "triton"):
+    if _registry.forced_backend() not in ("auto", "triton"):
         return None
     return _liger()
 
@@ -400,7 +379,7 @@ def fused_linear_cross_entropy(
         out = out[0] if isinstance(out, tuple) else getattr(out, "loss", out)
         return out.float()
 
-    _, ce = _dispatch.select("fused_linear_cross_entropy", _IMPLS, device)
+    _, ce = _registry.implementation("fused_linear_cross_entropy", device)
     with torch.autocast(device.type, enabled=False):  # the chunk matmuls run in the inputs' dtype
         out = _FusedLinearCrossEntropy.apply(hidden2, weight, bias, labels1, ignore_index, reduction, chunk_size, ce)
     return out.view(lead) if reduction == "none" else out

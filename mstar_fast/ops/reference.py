@@ -10,6 +10,11 @@ import torch
 # Status codes written in place of a token (mirrors csrc/include/mstar/sample_from_logits.h).
 STATUS_NON_FINITE = -1
 STATUS_ALL_MASKED = -2
+# Temperatures below this are greedy on every backend (kGreedyTemperature in
+# csrc/include/mstar/sample_from_logits.h). At T < 1e-5 a token trailing the max by 0.004 (about one bf16 step of a
+# logit near 1) has weight below exp(-400): sampling is greedy in all but name; and below ~3e-39, 1 / T
+# overflows to inf, so (l - max) / T would be 0 * inf = NaN for the maximum itself.
+GREEDY_TEMPERATURE = 1e-5
 
 _M32 = 0xFFFFFFFF
 _PHILOX_M = (0xD2511F53, 0xCD9E8D57)
@@ -58,7 +63,7 @@ def _filtered_sorted(
     B, V = x.shape
     m = x.max(dim=1, keepdim=True).values
     t = temperature.float().view(B, 1)
-    greedy = t == 0
+    greedy = t < GREEDY_TEMPERATURE
     e = torch.exp((x - m) / torch.where(greedy, torch.ones_like(t), t))
     s, idx = torch.sort(e, dim=1, descending=True, stable=True)
     k = top_k.to(torch.int64).view(B, 1)
@@ -90,7 +95,8 @@ def filtered_probs_reference(
 
     Per row: e = exp((l - max) / T) in fp32; top-k keeps e >= its k-th largest value (ties kept);
     top-p keeps a token when the top-k mass strictly more probable than it is < top_p times the top-k
-    mass; min-p keeps e >= min_p (e is relative to the most probable token). Greedy rows (T == 0) put
+    mass; min-p keeps e >= min_p (e is relative to the most probable token). Greedy rows
+    (T < GREEDY_TEMPERATURE) put
     all mass on the first maximum.
     """
     probs_sorted, idx = _filtered_sorted(logits.float(), temperature, top_k, top_p, min_p)
@@ -131,8 +137,11 @@ def sample_from_logits_reference(
     logprobs = torch.empty(0, dtype=torch.float32, device=x.device)
     if return_logprobs:
         t = temperature.float().view(B, 1)
-        scale = torch.where(t == 0, torch.ones_like(t), t)
-        lsm = torch.log_softmax(x / scale, dim=1)
+        scale = torch.where(t < GREEDY_TEMPERATURE, torch.ones_like(t), t)
+        # Shift by the row max first: x / T of finite logits near the fp32 maximum overflows to inf, and
+        # log_softmax of a row holding inf is NaN; x - max <= 0 only ever underflows to -inf (weight 0).
+        m = x.max(dim=1, keepdim=True).values
+        lsm = torch.log_softmax((x - m) / scale, dim=1)
         logprobs = lsm.gather(1, tokens.clamp(min=0).view(B, 1)).view(B)
     return tokens, logprobs
 

@@ -1,32 +1,29 @@
-"""Helpers shared by the op tests: the backends to parametrize over and a chi-square bound."""
+"""Helpers shared by the op tests: where a backend's inputs live, random ragged layouts, a chi-square bound.
+(The backend fixture itself is in tests/ops/conftest.py.)"""
 
 from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
-from mstar_fast.ops import BACKENDS, use_backend
-from mstar_fast.ops._dispatch import backend_problem
+from mstar_fast import _ext
 
 
-def backend_params(device: str = "cpu") -> list:
-    """One pytest param per backend; unavailable ones are skipped with the reason."""
-    params = []
-    for name in BACKENDS:
-        dev = torch.device("cuda" if name == "cuda" else device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            params.append(pytest.param(name, marks=pytest.mark.skip(reason="needs a CUDA device")))
-            continue
-        problem = backend_problem(name, dev)
-        marks = [pytest.mark.skip(reason=problem)] if problem else []
-        params.append(pytest.param(name, marks=marks))
-    return params
+def backend_device(backend: str) -> torch.device:
+    """The device a backend's tests run on: CUDA for ``cuda``, and for ``triton`` when a GPU is there and
+    Triton is not interpreting; the CPU otherwise."""
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available() and not _ext.triton_interpret()):
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
-def device_of(backend: str) -> torch.device:
-    return torch.device("cuda" if backend == "cuda" else "cpu")
+def ragged_offsets(gen: torch.Generator, count: int, max_len: int, p_empty: float = 0.15) -> torch.Tensor:
+    """``[count + 1]`` int64 offsets of ``count`` segments with lengths in [1, max_len], a share
+    ``p_empty`` of them empty."""
+    lengths = torch.randint(1, max_len + 1, (count,), generator=gen)
+    lengths[torch.rand(count, generator=gen) < p_empty] = 0
+    return torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
 
 
 def chi2_quantile(df: int, z: float = 4.265) -> float:
@@ -48,4 +45,3 @@ def chi2_stat(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5
     return float(((obs - exp) ** 2 / exp).sum()), max(int(keep.sum()) - 1, 1)
 
 
-__all__ = ["backend_params", "chi2_quantile", "chi2_stat", "device_of", "use_backend"]

@@ -10,7 +10,9 @@ import torch
 
 from mstar_fast import ops
 from mstar_fast.ops.reference import group_topk_reference
-from tests.ops._ragged import BACKENDS, device_for, ragged_offsets
+from tests.ops._util import backend_device, ragged_offsets
+
+OP = "group_topk"
 
 NAN = float("nan")
 
@@ -47,10 +49,9 @@ def test_reference_matches_oracle(k):
         assert group_topk_reference(scores, offsets, k, v).tolist() == want
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_matches_oracle(backend, dtype):
-    device = device_for(backend)
+    device = backend_device(backend)
     scores, offsets, valid = _groups(1)
     scores = scores.to(dtype)  # quarters are exact in every dtype, so ties survive
     counts = offsets[1:] - offsets[:-1]
@@ -68,9 +69,8 @@ def test_matches_oracle(backend, dtype):
             assert torch.equal(per_group, n_valid.nan_to_num(0).clamp(max=k))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_hand_worked_example(backend):
-    device = device_for(backend)
+    device = backend_device(backend)
     #              group 0 (k=2)                 | group 1 (empty) | group 2
     scores = torch.tensor([0.3, NAN, 0.9, 0.9, 0.1, 0.5, NAN, NAN], device=device)
     offsets = torch.tensor([0, 5, 5, 8], device=device)
@@ -84,9 +84,8 @@ def test_hand_worked_example(backend):
     assert masked == [True, False, True, False, False, False, True, True]
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.backends("torch", "cpp")
 def test_bad_inputs_raise_value_error(backend):
-    device_for(backend)
     s, o = torch.rand(4), torch.tensor([0, 2, 4])
     cases = [
         ((s, o, -1), "k must be an int >= 0"),

@@ -8,7 +8,9 @@ import torch
 
 from mstar_fast import ops
 from mstar_fast.ops.reference import prm_step_scores_reference
-from tests.ops._ragged import BACKENDS, device_for
+from tests.ops._util import backend_device
+
+OP = "prm_step_scores"
 
 
 def _inputs(gen, N, H, C, dtype, bias, S):
@@ -19,11 +21,10 @@ def _inputs(gen, N, H, C, dtype, bias, S):
     return hidden, positions, weight, b
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("C,bias", [(2, False), (2, True), (1, True), (1, False)])
 def test_matches_reference(backend, dtype, C, bias):
-    device = device_for(backend)
+    device = backend_device(backend)
     gen = torch.Generator().manual_seed(100 * C + 10 * bias + str(dtype).__len__())
     for N, H, S in [(50, 37, 20), (300, 256, 64), (7, 1, 7), (64, 515, 129)]:
         hidden, positions, weight, b = _inputs(gen, N, H, C, dtype, bias, S)
@@ -35,10 +36,9 @@ def test_matches_reference(backend, dtype, C, bias):
         torch.testing.assert_close(got.cpu(), want, atol=2e-6, rtol=2e-5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_equals_full_vocabulary_softmax_then_gather(backend):
     """The quantity the usual implementation computes: every logit, softmax over the two reward tokens."""
-    device = device_for(backend)
+    device = backend_device(backend)
     gen = torch.Generator().manual_seed(1)
     N, H, V, good, bad = 200, 64, 1000, 17, 933
     hidden = torch.randn(N, H, generator=gen)
@@ -56,9 +56,8 @@ def test_equals_full_vocabulary_softmax_then_gather(backend):
     torch.testing.assert_close(got.cpu(), torch.sigmoid(hidden[positions] @ head[0] + 0.3), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_strided_rows_empty_positions_and_saturation(backend):
-    device = device_for(backend)
+    device = backend_device(backend)
     gen = torch.Generator().manual_seed(2)
     base = torch.randn(40, 100, generator=gen)
     hidden = base[:, 10:74]  # row stride 100, columns contiguous: a view of a wider buffer
@@ -77,9 +76,8 @@ def test_strided_rows_empty_positions_and_saturation(backend):
     assert sat.cpu().tolist() == [1.0, 1.0]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_int32_positions_and_float64_inputs(backend):
-    device = device_for(backend)
+    device = backend_device(backend)
     gen = torch.Generator().manual_seed(3)
     hidden, positions, weight, b = _inputs(gen, 30, 33, 2, torch.float64, True, 12)
     want = prm_step_scores_reference(hidden.float(), positions, weight.float(), b.float())
@@ -88,7 +86,8 @@ def test_int32_positions_and_float64_inputs(backend):
     torch.testing.assert_close(got.cpu(), want)
 
 
-def test_bad_inputs_raise_value_error_naming_the_problem():
+@pytest.mark.backends("torch", "cpp")
+def test_bad_inputs_raise_value_error_naming_the_problem(backend):
     h, w = torch.randn(10, 8), torch.randn(2, 8)
     pos = torch.tensor([0, 9])
     cases = [
@@ -106,22 +105,13 @@ def test_bad_inputs_raise_value_error_naming_the_problem():
         (([[1.0]], pos, w), "hidden must be a torch.Tensor"),
     ]
     for args, match in cases:
-        for backend in ("torch", "cpp"):
-            if _has(backend):
-                with ops.use_backend(backend), pytest.raises(ValueError, match=match):
-                    ops.prm_step_scores(*args)
+        with ops.use_backend(backend), pytest.raises(ValueError, match=match):
+            ops.prm_step_scores(*args)
 
 
-def _has(backend: str) -> bool:
-    from mstar_fast.ops import _dispatch
-
-    return not _dispatch.backend_problem(backend, torch.device("cpu"))
-
-
-def test_compiled_op_checks_its_own_inputs():
+@pytest.mark.backends("cpp")
+def test_compiled_op_checks_its_own_inputs(backend):
     """Calling torch.ops.mstar_fast.prm_step_scores directly still rejects bad input with ValueError."""
-    if not _has("cpp"):
-        pytest.skip("compiled extension not built")
     from mstar_fast import _ext
 
     _ext.load_extension()

@@ -11,7 +11,9 @@ import torch
 
 from mstar_fast import ops
 from mstar_fast.ops.reference import segment_reduce_reference
-from tests.ops._ragged import BACKENDS, device_for, ragged_offsets
+from tests.ops._util import backend_device, ragged_offsets
+
+OP = "segment_reduce"
 
 NAN = float("nan")
 
@@ -52,10 +54,9 @@ def test_reference_matches_python_loop(reduce):
     torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_matches_reference_on_ragged_segments(backend, dtype):
-    device = device_for(backend)
+    device = backend_device(backend)
     values, offsets = _ragged(1, dtype)
     counts = offsets[1:] - offsets[:-1]
     assert (counts == 0).any() and (counts == 1).any()  # the layout covers empty and one-step segments
@@ -69,9 +70,8 @@ def test_matches_reference_on_ragged_segments(backend, dtype):
         assert torch.equal(torch.isnan(got.cpu()), torch.isnan(want)), reduce
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_hand_worked_example(backend):
-    device = device_for(backend)
+    device = backend_device(backend)
     values = torch.tensor([0.9, 0.2, 0.7, 0.5, NAN, 0.4, 0.6, -1.0], device=device)
     offsets = torch.tensor([0, 3, 3, 4, 6, 8], device=device)
     want = {
@@ -88,9 +88,8 @@ def test_hand_worked_example(backend):
             torch.testing.assert_close(got, torch.tensor(expected), equal_nan=True, msg=reduce)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_no_segments_and_all_empty(backend):
-    device = device_for(backend)
+    device = backend_device(backend)
     with ops.use_backend(backend):
         none = ops.segment_reduce(torch.empty(0, device=device), torch.zeros(1, dtype=torch.long, device=device), "min")
         empty = ops.segment_reduce(torch.empty(0, device=device), torch.zeros(4, dtype=torch.long, device=device), "sum")  # 3 empty
@@ -98,9 +97,8 @@ def test_no_segments_and_all_empty(backend):
     assert empty.shape == (3,) and bool(torch.isnan(empty).all())
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.backends("torch", "cpp")
 def test_bad_inputs_raise_value_error(backend):
-    device_for(backend)
     v = torch.arange(5.0)
     cases = [
         ((v, torch.tensor([1, 5]), "min"), r"offsets\[0\] must be 0"),
@@ -120,8 +118,8 @@ def test_bad_inputs_raise_value_error(backend):
                 ops.segment_reduce(*args)
 
 
-def test_compiled_op_checks_offsets():
-    device_for("cpp")
+@pytest.mark.backends("cpp")
+def test_compiled_op_checks_offsets(backend):
     from mstar_fast import _ext
 
     _ext.load_extension()

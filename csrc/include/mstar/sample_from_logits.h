@@ -12,8 +12,15 @@ namespace mstar {
 constexpr int64_t kStatusNonFinite = -1;  // the row holds NaN or +inf
 constexpr int64_t kStatusAllMasked = -2;  // every logit is -inf
 
+// Temperatures below this are greedy (argmax, logprob under T = 1) on every backend (the Python layer,
+// the Triton kernel and the torch reference use the same value: GREEDY_TEMPERATURE in
+// mstar_fast/ops/reference.py). Why 1e-5: at T < 1e-5 a token trailing the max by 0.004 (about one bf16
+// step of a logit near 1) has weight below exp(-400), so sampling is greedy in all but name; and 1 / T for a
+// positive subnormal T overflows to inf, making (l - max) / T = 0 * inf = NaN for the max itself.
+constexpr float kGreedyTemperature = 1e-5f;
+
 struct SampleRowParams {
-  float temperature;  // 0 = greedy
+  float temperature;  // < kGreedyTemperature = greedy
   int64_t top_k;      // 0 = off
   float top_p;        // 1 = off
   float min_p;        // 0 = off

@@ -2,33 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from mstar_fast import _ext
-from mstar_fast.ops import _checks, _dispatch
-from mstar_fast.ops.reference import prm_step_scores_reference
+from mstar_fast.ops import _checks, _registry
 
 _OP = "prm_step_scores"
-
-
-def _compiled(*args):
-    _ext.load_extension()
-    return torch.ops.mstar_fast.prm_step_scores(*args)
-
-
-def _triton(*args):
-    mod, _ = _ext.load_triton()
-    return mod.prm_step_scores(*args)
-
-
-_IMPLS: dict[str, Callable] = {
-    "cuda": _compiled,
-    "triton": _triton,
-    "cpp": _compiled,
-    "torch": prm_step_scores_reference,
-}
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -96,5 +74,5 @@ def prm_step_scores(
         bias = bias.float() if bias is not None else None
     if hidden.stride(1) != 1:
         hidden = hidden.contiguous()
-    _, impl = _dispatch.select(op, _IMPLS, hidden.device)
+    _, impl = _registry.implementation(op, hidden.device)
     return impl(hidden, positions, weight, bias)

@@ -1,4 +1,4 @@
-"""Triton kernels, installed as ``mstar_fast.kernels``. Importing this package imports triton.
+"""Triton kernels (``mstar_fast.kernels``), one module per op. Importing this package imports triton.
 (``fused_linear_cross_entropy`` keeps its chunk kernel in its own module, imported on first use.)"""
 
 from .group_topk import group_topk

@@ -3,35 +3,15 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
 
 import torch
 
-from mstar_fast import _ext
-from mstar_fast.ops import _dispatch
-from mstar_fast.ops.reference import STATUS_ALL_MASKED, STATUS_NON_FINITE, sample_from_logits_reference
+from mstar_fast.ops import _registry
+from mstar_fast.ops.reference import STATUS_ALL_MASKED, STATUS_NON_FINITE
 
 Param = float | int | torch.Tensor
 _GOLDEN = 0x9E3779B97F4A7C15
 _U64 = (1 << 64) - 1
-
-
-def _compiled(*args):
-    _ext.load_extension()
-    return torch.ops.mstar_fast.sample_from_logits(*args)
-
-
-def _triton(*args):
-    mod, _ = _ext.load_triton()
-    return mod.sample_from_logits(*args)
-
-
-_IMPLS: dict[str, Callable] = {
-    "cuda": _compiled,
-    "triton": _triton,
-    "cpp": _compiled,
-    "torch": sample_from_logits_reference,
-}
 
 
 def _to_signed64(v: int) -> int:
@@ -99,7 +79,11 @@ def sample_from_logits(
 
     Args:
         logits: ``[B, V]`` float32, bfloat16 or float16 (float64 is computed in float32).
-        temperature: scalar or ``[B]``; ``0`` means greedy (argmax, lowest index on ties).
+        temperature: scalar or ``[B]``, finite and >= 0; below ``reference.GREEDY_TEMPERATURE`` (1e-5, and 0)
+            means greedy (argmax, lowest index on ties), on every backend. Why: at T < 1e-5 a token trailing
+            the max by 0.004 (about one bf16 step of a logit near 1) has weight below exp(-400), so
+            sampling is already greedy in all but name, while a positive subnormal T would make 1 / T
+            overflow and (max - max) / T = 0 * inf NaN.
         top_k: scalar or ``[B]`` integer; keep tokens at least as probable as the k-th most probable
             (ties at the boundary are all kept); ``0`` is off.
         top_p: scalar or ``[B]`` in (0, 1]; keep a token when the mass of the tokens strictly more probable
@@ -113,7 +97,8 @@ def sample_from_logits(
         offset: int >= 0, the Philox counter; use a new offset per decoding step.
         return_logprobs: also return the log-probability of each drawn token under the
             temperature-scaled, *unfiltered* distribution, ``log_softmax(logits / T)`` (T = 1 for greedy
-            rows): what a trainer's softmax over the same logits computes.
+            rows; computed as ``log_softmax((logits - max) / T)``, so finite logits near the float32
+            maximum stay finite): what a trainer's softmax over the same logits computes.
 
     Returns:
         ``[B]`` int64 tokens on the logits' device, or ``(tokens, logprobs)`` with fp32 logprobs.
@@ -149,7 +134,7 @@ def sample_from_logits(
         empty = torch.empty(0, dtype=torch.int64, device=device)
         return (empty, torch.empty(0, dtype=torch.float32, device=device)) if return_logprobs else empty
 
-    _, impl = _dispatch.select("sample_from_logits", _IMPLS, device)
+    _, impl = _registry.implementation("sample_from_logits", device)
     tokens, logprobs = impl(logits.contiguous(), t, k, p, mp, seeds, int(offset), bool(return_logprobs))
     bad = tokens < 0
     if bool(bad.any()):

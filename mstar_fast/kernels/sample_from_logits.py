@@ -4,7 +4,7 @@
 # e >= 0): each pass over the row tests 2^RBITS candidate thresholds at once, so a 30-bit search costs
 # 30 / RBITS passes. The draw is one in-kernel Philox4x32-10 uniform and an inverse-CDF scan in index
 # order over {e >= max(t_k, t_p, min_p)} that stops at the crossing tile; the logprob is fused.
-"""Triton backend of ``mstar_fast.ops.sample_from_logits`` (see mstar_fast/ops/sampling.py)."""
+"""Triton backend of ``mstar_fast.ops.sample_from_logits`` (see mstar_fast/ops/sample_from_logits.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from mstar_fast.ops.reference import GREEDY_TEMPERATURE
 
 __all__ = ["sample_from_logits"]
 
@@ -99,7 +101,7 @@ def _masked_mass(row_ptrs, rows_ok, V, m, T, e1, bits1, thr, ROWS: tl.constexpr,
 @triton.jit(do_not_specialize=["offset_lo", "offset_hi"])
 def _sample_from_logits_kernel(
     logits_ptr,  # [B, V] fp32 / bf16 / fp16, contiguous
-    temp_ptr,  # [B] fp32, 0 = greedy
+    temp_ptr,  # [B] fp32, < GREEDY_T = greedy
     topk_ptr,  # [B] int64, 0 or >= V = off
     topp_ptr,  # [B] fp32 in (0, 1], 1 = off
     minp_ptr,  # [B] fp32 in [0, 1], 0 = off
@@ -115,6 +117,7 @@ def _sample_from_logits_kernel(
     BLOCK: tl.constexpr,
     RBITS: tl.constexpr,
     ONE_TILE: tl.constexpr,  # V <= BLOCK: e is computed once and kept for every later pass
+    GREEDY_T: tl.constexpr,  # GREEDY_TEMPERATURE
 ):
     # ROWS rows per program; every reduction is along a row, so a row's result never depends on the
     # rows beside it (ROWS itself depends only on V and the device).
@@ -122,7 +125,7 @@ def _sample_from_logits_kernel(
     valid = rows < B
     row_ptrs = logits_ptr + rows.to(tl.int64) * V
     T = tl.load(temp_ptr + rows, mask=valid, other=1.0)
-    greedy = T == 0.0
+    greedy = T < GREEDY_T  # also the tiny T whose 1 / T overflows
     T1 = tl.where(greedy, 1.0, T)  # greedy rows: logprob under T = 1
 
     # Pass 1: max, first argmax, NaN/+inf flag and online Z = sum exp((l - m) / T1).
@@ -147,7 +150,7 @@ def _sample_from_logits_kernel(
 
     all_neg_inf = m == float("-inf")
     ok = valid & (bad == 0) & (m > float("-inf"))
-    active = ok & (T > 0.0)  # rows that draw
+    active = ok & (greedy == 0)  # rows that draw
     m = tl.where(ok, m, 0.0)  # the passes below read only `ok` rows; the others' status is decided
     tok = amax
     if tl.max(active.to(tl.int32), axis=0) != 0:
@@ -252,11 +255,11 @@ def sample_from_logits(
     offset: int,
     return_logprobs: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row; inputs already validated and expanded by ``mstar_fast.ops.sampling``.
+    """Draw one token per row; inputs already validated and expanded by ``mstar_fast.ops.sample_from_logits``.
 
     Args:
         logits: ``[B, V]`` contiguous float32, bfloat16 or float16.
-        temperature: ``[B]`` float32, ``0`` = greedy (first argmax).
+        temperature: ``[B]`` float32, below ``GREEDY_TEMPERATURE`` = greedy (first argmax).
         top_k: ``[B]`` int64, ``0`` or ``>= V`` = off.
         top_p: ``[B]`` float32 in (0, 1], ``1`` = off.
         min_p: ``[B]`` float32 in [0, 1], ``0`` = off.
@@ -292,6 +295,7 @@ def sample_from_logits(
         int(offset) & _M32,
         (int(offset) >> 32) & _M32,
         RETURN_LOGPROBS=bool(return_logprobs),
+        GREEDY_T=GREEDY_TEMPERATURE,
         ROWS=rows,
         BLOCK=block,
         RBITS=rbits,
