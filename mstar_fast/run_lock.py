@@ -123,7 +123,13 @@ def _acquire(root: Path, command: str | None) -> int:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise RunDirLockedError(root, read_holder(root)) from None
+            holder = read_holder(root)
+            for _ in range(20):  # the holder writes its details just after locking: give it a moment
+                if holder:
+                    break
+                time.sleep(0.01)
+                holder = read_holder(root)
+            raise RunDirLockedError(root, holder) from None
         raise type(exc)(exc.errno, f"cannot lock {path}: {exc.strerror} (a filesystem without flock support?)") from exc
     info = {"pid": os.getpid(), "host": socket.gethostname(),
             "command": command if command is not None else " ".join(sys.argv), "since": time.time()}

@@ -31,8 +31,9 @@ one ``ValueError`` naming the file.
 
 Bad rows never crash a load: each is recorded as ``BadRow(file, line, kind, reason)`` and skipped
 (``strict=True`` raises instead). ``line`` is the 1-based line of a JSONL file and the 1-based row / item
-number otherwise. Kinds: ``json`` (unparseable line), ``encoding`` (not UTF-8, lone surrogate), ``not_object``, ``no_question``, ``no_image``,
-``bad_image_field``, ``image_escapes_root``, ``missing_image``, ``corrupt_image``, ``bad_choices``,
+number otherwise. Kinds: ``json`` (unparseable line), ``encoding`` (not UTF-8, lone surrogate),
+``not_object``, ``no_question``, ``no_image``, ``bad_image_field``, ``image_escapes_root``,
+``missing_image``, ``corrupt_image`` (unreadable, truncated, decompression bomb), ``bad_choices``,
 ``answer_not_in_choices``, ``no_answer`` (with ``require_answer``), ``bad_conversations``,
 ``duplicate_id``, ``invalid_row`` (a field of an unexpected type).
 """
