@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from mstar_fast import metrics
@@ -43,7 +42,7 @@ from mstar_fast.constants import PROMPT_SOURCES, resolve
 from mstar_fast.data.jsonl import JsonlWriter, iter_jsonl
 from mstar_fast.data.readers import load_prompts
 from mstar_fast.data.records import Prompt, Sample
-from mstar_fast.models.loading import load_policy
+from mstar_fast.models.loading import load_policy, resolve_device
 from mstar_fast.rewards import check_answer, grade_samples, majority_vote
 from mstar_fast.rollout import RolloutEngine
 
@@ -351,9 +350,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     """Handler of ``mstar eval``: load the model and data, evaluate, print the Markdown table and write
     ``predictions.jsonl``, ``results.md`` and ``results.json`` to ``--out``."""
     prompts, data_name = load_eval_prompts(args.data, split=args.split, limit=args.limit, root=args.root)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device, what="--device")
     dtype = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     model, processor = load_policy(args.model_dir, dtype=dtype, device=device,
                                    trust_remote_code=args.trust_remote_code)

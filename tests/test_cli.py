@@ -29,6 +29,8 @@ def one_line_error(capsys, rc: int) -> str:
 def test_cuda_device_without_a_gpu(tmp_path, capsys):
     rc = cli.main(["warmup", CONFIG, f"run_dir={tmp_path / 'r'}", "model.device=cuda", *SMALL])
     assert "model.device='cuda'" in one_line_error(capsys, rc)
+    rc = cli.main(["eval", str(tmp_path), "synthetic:test:1", "--device", "cuda", "--no-progress"])
+    assert "--device='cuda'" in one_line_error(capsys, rc)
 
 
 def test_missing_model_path(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Policies and PRMs as ``transformers`` models: loading and prompt formatting (the
 demo's tiny-model factory is :mod:`mstar_fast.demo.tiny`)."""
 
-from mstar_fast.models.loading import load_policy, load_processor
+from mstar_fast.models.loading import load_policy, load_processor, resolve_device
 from mstar_fast.models.prompting import (
     PLAIN_TEMPLATE,
     PromptError,
@@ -22,4 +22,5 @@ __all__ = [
     "load_images",
     "load_policy",
     "load_processor",
+    "resolve_device",
 ]

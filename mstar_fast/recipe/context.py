@@ -22,31 +22,11 @@ from mstar_fast.rollout import RolloutEngine
 from mstar_fast.train import SFTCollator, SFTEngine, eos_token_id_for
 from mstar_fast.train.distributed import World
 
-__all__ = ["Model", "Models", "Processor", "RunContext", "resolve_device", "special_token_ids", "steps_for"]
+__all__ = ["Model", "Models", "Processor", "RunContext", "special_token_ids", "steps_for"]
 
 #: A policy (a ``transformers`` causal LM or image-text-to-text model) and its processor (or tokenizer).
 Model = PreTrainedModel
 Processor = ProcessorMixin | PreTrainedTokenizerBase
-
-
-def resolve_device(device: str, default: torch.device) -> torch.device:
-    """``model.device`` as a torch device (``auto``: ``default``, CUDA when there is one).
-
-    Raises:
-        UserError: an unknown device string, or a CUDA device on a machine without one.
-    """
-    if device == "auto":
-        return default
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise UserError(f"config: model.device={device!r} is not a device (auto, cpu, cuda, cuda:1, ...)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"config: model.device={device!r} but this machine has no CUDA GPU that torch can use; "
-                        "use model.device=auto or cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserError(f"config: model.device={device!r} but this machine has {torch.cuda.device_count()} GPU(s)")
-    return dev
 
 
 def special_token_ids(processor: Processor) -> set[int]:

@@ -34,7 +34,8 @@ from mstar_fast.config import RunConfig, load_config
 from mstar_fast.constants import BASE_POLICIES, STOP_AFTER, resolve
 from mstar_fast.errors import UserError
 from mstar_fast.protocols import Scorer
-from mstar_fast.recipe.context import RunContext, resolve_device, special_token_ids, steps_for
+from mstar_fast.models import resolve_device
+from mstar_fast.recipe.context import RunContext, special_token_ids, steps_for
 from mstar_fast.recipe.iteration import IterationResult, chunk_size, iteration_seed, next_chunk, run_iteration
 from mstar_fast.recipe.monitor import ValidationReport, greedy_test_accuracy, monitor_stage
 from mstar_fast.recipe.prm_stage import prm_stage
@@ -173,7 +174,7 @@ def run(cfg: RunConfig, resume: bool = False, stop_after: str | None = None) -> 
     t_start = time.perf_counter()
     dist = init_distributed()
     world = World.current()
-    device = resolve_device(cfg.model.device, dist.device)
+    device = resolve_device(cfg.model.device, dist.device, what="config: model.device")
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
     ctx = RunContext.create(cfg, world, device)

@@ -15,15 +15,13 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from mstar_fast.data.jsonl import JsonlWriter, done_keys, read_records
 from mstar_fast.data.records import Prompt, Sample
 from mstar_fast.evaluate import load_eval_prompts
-from mstar_fast.models import load_policy
+from mstar_fast.models import load_policy, resolve_device
 from mstar_fast.protocols import Rollout
-from mstar_fast.recipe.context import resolve_device
 from mstar_fast.rewards import grade_samples
 from mstar_fast.rollout import RolloutEngine
 from mstar_fast.train.distributed import World
@@ -130,7 +128,7 @@ def sample_model_to_file(model_dir: str, data: str, k: int, out: str | os.PathLi
         UserError: ``device`` names a CUDA device on a machine without one.
     """
     prompts, _ = load_eval_prompts(data, split=split, limit=limit)
-    dev = resolve_device(device, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device, what="--device")
     model, processor = load_policy(model_dir, device=dev, trust_remote_code=trust_remote_code)
     engine = RolloutEngine(model, processor, include_choices=include_choices, progress=False)
     labeled = {p.id: p for p in prompts if p.answer is not None}
