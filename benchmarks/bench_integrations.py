@@ -42,7 +42,8 @@ def _grpo_step_times(tmp_path, use_rollout_func: bool, steps: int) -> tuple[list
     from trl import GRPOConfig, GRPOTrainer
 
     from mstar_fast.integrations.trl import outcome_reward, rollout_func
-    from mstar_fast.models import load_policy, make_tiny_vlm
+    from mstar_fast.demo.tiny import make_tiny_vlm
+    from mstar_fast.models import load_policy
     from mstar_fast.rollout import RolloutEngine
 
     path = make_tiny_vlm("qwen2_vl", tmp_path / "qwen2_vl", vocab_size=2048, hidden_size=256, num_layers=4,
@@ -109,7 +110,7 @@ def _sft_peak(config: str, out_dir: str, seq_len: int, steps: int) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from mstar_fast.integrations.trl import use_model_loss
-    from mstar_fast.models.tokenizer import train_tiny_tokenizer
+    from mstar_fast.demo.tokenizer import train_tiny_tokenizer
     from mstar_fast.patch import apply_fused_linear_cross_entropy
 
     torch.manual_seed(0)

@@ -19,7 +19,8 @@ from PIL import Image
 
 from harness import write_results
 from mstar_fast.data.records import Prompt
-from mstar_fast.models import load_policy, make_tiny_vlm
+from mstar_fast.demo.tiny import make_tiny_vlm
+from mstar_fast.models import load_policy
 from mstar_fast.models.prompting import format_prompt, load_images
 from mstar_fast.ops import available_backends
 from mstar_fast.rollout import RolloutEngine

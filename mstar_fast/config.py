@@ -15,19 +15,20 @@ over 0.3..1.6, LR 1e-6 constant, global batch 128. Fields the paper is silent on
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from mstar_fast.recipe.prm_train import HEADS as PRM_HEADS
-from mstar_fast.recipe.select import SELECTIONS
-from mstar_fast.recipe.temperature import CRITERIA as TEMPERATURE_CRITERIA
-from mstar_fast.train.engine import MODES, SFTConfig
+import yaml
+
+from mstar_fast.constants import PAPER_TEMPERATURE_GRID, PRM_HEADS, SELECTIONS, TEMPERATURE_CRITERIA, TRAIN_MODES
 
 __all__ = [
     "ModelConfig",
+    "SFTConfig",
     "TinyModelConfig",
     "DataConfig",
     "RolloutConfig",
@@ -50,8 +51,7 @@ __all__ = [
 
 
 def _paper_grid() -> list[float]:
-    # 0.3, 0.4, ..., 1.6 (rounded: 0.1 steps accumulate float error otherwise)
-    return [round(0.3 + 0.1 * i, 1) for i in range(14)]
+    return list(PAPER_TEMPERATURE_GRID)
 
 
 @dataclass
@@ -106,7 +106,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """Where prompts come from. ``synthetic`` generates the built-in multimodal task
-    (:mod:`mstar_fast.data.synthetic`); anything else is a file or directory for
+    (:mod:`mstar_fast.demo.synthetic`); anything else is a file or directory for
     :func:`mstar_fast.data.load_prompts`.
 
     Attributes:
@@ -312,13 +312,82 @@ class LogConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Settings of :class:`SFTEngine` (the paper's run: lr 1e-6 constant, global batch 128).
+
+    Attributes:
+        mode: ``continuous`` | ``iterative_rft`` | ``rest_em`` (see the module doc).
+        lr, weight_decay, betas, eps: AdamW (``optimizer="sgd"`` for plain SGD); weight decay applies
+            to matrices only.
+        lr_schedule: ``constant`` (after warm-up) | ``cosine``.
+        warmup_steps: linear warm-up length, in optimizer steps.
+        total_steps: the cosine horizon of a ``continuous`` run (required there); in the other modes
+            each call's schedule spans that call's steps.
+        min_lr_ratio: the cosine floor, as a fraction of ``lr``.
+        global_batch_size: examples per optimizer step, over all ranks.
+        micro_batch_size: examples per forward pass on one rank; gradients accumulate over them.
+        max_grad_norm: clip the global gradient norm to this (None or <= 0: off).
+        group_by_length: sort each global batch by length before cutting micro-batches (less padding).
+        shuffle: shuffle the items of each epoch (order depends only on seed, call index and epoch).
+        seed: data-order seed.
+        gradient_checkpointing: recompute activations in backward (``transformers``' own switch).
+        bf16: bf16 autocast; None = on where supported (CUDA with bf16), off on CPU.
+        freeze_vision: freeze the vision encoder (the projector / connector stays trainable).
+        parallel: ``auto`` | ``none`` | ``ddp`` | ``fsdp`` (see :mod:`mstar_fast.train.distributed`).
+        find_unused_parameters: DDP's option (for batches that skip a branch of the model).
+        loss_chunk_size: rows per chunk of the fused loss (None: its memory-based default).
+        log_every: log one line every this many steps (0: never).
+    """
+
+    mode: str = "continuous"
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    optimizer: str = "adamw"
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int | None = None
+    min_lr_ratio: float = 0.0
+    global_batch_size: int = 128
+    micro_batch_size: int = 4
+    max_grad_norm: float | None = 1.0
+    group_by_length: bool = True
+    shuffle: bool = True
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    bf16: bool | None = None
+    freeze_vision: bool = False
+    parallel: str = "auto"
+    find_unused_parameters: bool = False
+    loss_chunk_size: int | None = None
+    log_every: int = 10
+
+    def validate(self) -> None:
+        """Check values that types alone do not; raise ValueError naming the field."""
+        if self.mode not in TRAIN_MODES:
+            raise ValueError(f"SFTConfig.mode must be one of {TRAIN_MODES}, got {self.mode!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"SFTConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.mode == "continuous" and self.lr_schedule == "cosine" and not self.total_steps:
+            raise ValueError("SFTConfig: a continuous run with the cosine schedule needs total_steps (its horizon)")
+        for name in ("global_batch_size", "micro_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"SFTConfig.{name} must be an int >= 1, got {v!r}")
+        if self.lr < 0:
+            raise ValueError(f"SFTConfig.lr must be >= 0, got {self.lr}")
+
+
+@dataclass
 class RunConfig:
     """A whole M-STaR run.
 
     Attributes:
         run_dir: where ``config.yaml``, ``samples/``, ``metrics.jsonl``, ``checkpoints/``, ``plots/`` go.
         seed: the run seed (sampling seeds, prompt order, SFT data order).
-        train: the SFT engine (``train.mode``: ``continuous`` | ``iterative_rft`` | ``rest_em``).
+        train: the SFT engine's settings (:class:`SFTConfig`; ``train.mode``: ``continuous`` |
+            ``iterative_rft`` | ``rest_em``).
     """
 
     run_dir: str = "runs/mstar"
@@ -350,7 +419,7 @@ class RunConfig:
         need(it.select_k >= 1, "iterate.select_k", ">= 1", it.select_k)
         need(it.epochs >= 1, "iterate.epochs", ">= 1", it.epochs)
         need(it.steps is None or it.steps >= 1, "iterate.steps", ">= 1 or null", it.steps)
-        need(self.train.mode in MODES, "train.mode", f"one of {MODES}", self.train.mode)
+        need(self.train.mode in TRAIN_MODES, "train.mode", f"one of {TRAIN_MODES}", self.train.mode)
         need(bool(t.grid) and all(g > 0 for g in t.grid), "temperature.grid", "a non-empty list of T > 0", t.grid)
         need(t.initial >= 0, "temperature.initial", ">= 0", t.initial)
         need(t.adapt_every >= 1, "temperature.adapt_every", ">= 1", t.adapt_every)
@@ -626,8 +695,6 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _parse_value(text: str) -> Any:
-    import yaml
-
     try:
         return yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
@@ -679,8 +746,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not a YAML mapping, or a key / value is wrong (named in the message).
     """
-    import yaml
-
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -706,10 +771,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def save_config(cfg: RunConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically: temporary file, then rename)."""
-    import os
-
-    import yaml
-
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")

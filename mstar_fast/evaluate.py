@@ -34,45 +34,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mstar_fast import metrics
-from mstar_fast.data.jsonl import JsonlWriter, iter_jsonl
-from mstar_fast.data.records import Prompt, Sample
-from mstar_fast.rewards import check_answer, extract_answer, majority_vote
+from tqdm.auto import tqdm
 
-__all__ = ["CategoryStats", "EvalResult", "evaluate", "grade_samples", "load_eval_prompts", "register_cli",
-           "run_eval_cli"]
+from mstar_fast import metrics
+from mstar_fast.config import DataConfig
+from mstar_fast.constants import PROMPT_SOURCES, resolve
+from mstar_fast.data.jsonl import JsonlWriter, iter_jsonl
+from mstar_fast.data.readers import load_prompts
+from mstar_fast.data.records import Prompt, Sample
+from mstar_fast.models.loading import load_policy, resolve_device
+from mstar_fast.rewards import check_answer, grade_samples, majority_vote
+from mstar_fast.rollout import RolloutEngine
+
+__all__ = ["CategoryStats", "EvalResult", "evaluate", "load_eval_prompts", "register_cli", "run_eval_cli"]
 
 log = logging.getLogger(__name__)
 
 NO_CATEGORY = "(none)"
 DEFAULT_SYNTHETIC_N = 500  # the synthetic task's default test size (make_synthetic_dataset)
-
-
-# ----------------------------------------------------------------------------------------------- grading
-def grade_samples(samples: Sequence[Sample], prompts: Sequence[Prompt] | Mapping[str, Prompt]) -> list[bool]:
-    """Set ``sample.extracted`` and ``sample.correct`` from the prompt with id ``sample.prompt_id``.
-
-    A sample that failed (``finish_reason == "error"``) or whose prompt has no gold answer is incorrect.
-
-    Returns:
-        ``[L]`` correctness flags, in sample order.
-
-    Raises:
-        ValueError: a sample whose prompt id is not among ``prompts``.
-    """
-    by_id = prompts if isinstance(prompts, Mapping) else {p.id: p for p in prompts}
-    out = []
-    for s in samples:
-        p = by_id.get(s.prompt_id)
-        if p is None:
-            raise ValueError(f"grade_samples: no prompt with id {s.prompt_id!r}")
-        if s.finish_reason == "error":
-            s.extracted, s.correct = None, False
-        else:
-            s.extracted = extract_answer(s.text)
-            s.correct = bool(check_answer(s.extracted, p))
-        out.append(s.correct)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -191,12 +170,14 @@ def _summarise(prompts: Sequence[Prompt], groups: Sequence[Sequence[Sample]], k:
 
 # -------------------------------------------------------------------------------------------- evaluation
 def _prediction_line(s: Sample, p: Prompt, settings: dict[str, Any]) -> dict[str, Any]:
-    """One JSONL line: the sample (without token ids, which only bloat the file) plus the gold answer,
-    the category and the generation settings (``eval_seed``, ``eval_max_new_tokens``; checked on resume),
-    so the file is readable on its own."""
-    d = s.to_dict()
+    """One JSONL line, led by what a user audits a reward with: ``prompt_id``, ``index``, the ``gold`` answer,
+    the ``extracted`` answer and the verdict (``correct``); then the rest of the sample (without token ids,
+    which only bloat the file), the category and the generation settings (``eval_seed``,
+    ``eval_max_new_tokens``; checked on resume), so the file is readable on its own."""
+    d: dict[str, Any] = {"prompt_id": s.prompt_id, "index": s.index, "gold": p.answer, "extracted": s.extracted,
+                         "correct": s.correct}
+    d.update((k, v) for k, v in s.to_dict().items() if k not in d)
     d["token_ids"] = None
-    d["gold"] = p.answer
     d["category"] = (p.meta or {}).get("category")
     d.update(settings)
     return d
@@ -306,8 +287,6 @@ def evaluate(
         elif path.exists():
             path.unlink()
     if engine is None:
-        from mstar_fast.rollout import RolloutEngine
-
         opts = dict(engine_options or {})
         opts.setdefault("include_choices", not any(p.choices and (p.meta or {}).get("choices_in_question")
                                                    for p in prompts))
@@ -316,8 +295,6 @@ def evaluate(
 
     todo = [p for p in prompts if p.id not in done]
     groups: dict[str, list[Sample]] = dict(done)
-    from tqdm.auto import tqdm
-
     writer = JsonlWriter(path) if path is not None else None
     try:
         with tqdm(total=len(prompts), initial=len(done), desc="eval", unit="prompt", disable=not progress,
@@ -356,15 +333,11 @@ def load_eval_prompts(data: str, *, split: str | None = None, limit: int | None 
     """
     m = re.fullmatch(r"synthetic(?::([A-Za-z]+))?(?::(\d+))?", data)
     if m:
-        from mstar_fast.data.synthetic import make_synthetic_split
-
         sp = m.group(1) or split or "test"
         n = int(m.group(2)) if m.group(2) else DEFAULT_SYNTHETIC_N
         if limit is not None:
             n = min(n, limit)
-        return make_synthetic_split(sp, n), f"synthetic-{sp}"
-    from mstar_fast.data.readers import load_prompts
-
+        return resolve(PROMPT_SOURCES["synthetic"])(sp, n, DataConfig()), f"synthetic-{sp}"
     prompts, report = load_prompts(data, root=root, split=split, limit=limit, require_answer=True)
     print(report.summary(), file=sys.stderr)
     if not prompts:
@@ -376,14 +349,8 @@ def load_eval_prompts(data: str, *, split: str | None = None, limit: int | None 
 def run_eval_cli(args: argparse.Namespace) -> int:
     """Handler of ``mstar eval``: load the model and data, evaluate, print the Markdown table and write
     ``predictions.jsonl``, ``results.md`` and ``results.json`` to ``--out``."""
-    import torch
-
-    from mstar_fast.models.loading import load_policy
-
     prompts, data_name = load_eval_prompts(args.data, split=args.split, limit=args.limit, root=args.root)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device, what="--device")
     dtype = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     model, processor = load_policy(args.model_dir, dtype=dtype, device=device,
                                    trust_remote_code=args.trust_remote_code)

@@ -13,9 +13,11 @@ from unittest import mock
 
 import pytest
 
-from mstar_fast.data import Sample, export_synthetic, make_synthetic_split, read_jsonl
+from mstar_fast.data import Sample, read_jsonl
+from mstar_fast.demo.synthetic import export_synthetic, make_synthetic_split
 from mstar_fast.evaluate import evaluate, register_cli
-from mstar_fast.models import load_policy, make_tiny_vlm
+from mstar_fast.demo.tiny import make_tiny_vlm
+from mstar_fast.models import load_policy
 from mstar_fast.rewards import answers_match, check_answer, extract_answer
 from mstar_fast.rollout import RolloutEngine
 
@@ -185,8 +187,13 @@ def test_cli_eval_synthetic(model_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "### tiny-qwen on synthetic-test" in printed and "| **all** | 4 |" in printed
     assert (out / "results.md").read_text() in printed
-    assert [d["prompt_id"] for d in read_jsonl(out / "predictions.jsonl")] == \
-        [p.id for p in make_synthetic_split("test", 4)]
+    preds = read_jsonl(out / "predictions.jsonl")
+    gold = make_synthetic_split("test", 4)
+    assert [d["prompt_id"] for d in preds] == [p.id for p in gold]
+    for d, p in zip(preds, gold):  # every row: the extracted answer next to the gold one, and the verdict
+        assert list(d)[:5] == ["prompt_id", "index", "gold", "extracted", "correct"]
+        assert d["gold"] == p.answer and d["extracted"] == extract_answer(d["text"])
+        assert d["correct"] == check_answer(d["extracted"], p)
     summary = json.loads((out / "results.json").read_text())
     assert summary["n"] == 4 and summary["k"] == 1 and summary["data"] == "synthetic:test"
 

@@ -1,4 +1,4 @@
-"""Records, dataset readers and writers, and the synthetic multimodal task.
+"""Records, dataset readers and writers (the demo's synthetic task is :mod:`mstar_fast.demo.synthetic`).
 
 Pillow, pyarrow and ``datasets`` are imported lazily (only when an image or a Parquet / ``datasets``
 source is actually read), so importing this package needs none of them.
@@ -8,13 +8,6 @@ from mstar_fast.data.images import ImageError, check_image, load_image
 from mstar_fast.data.jsonl import JsonlWriter, done_keys, iter_jsonl, read_jsonl, read_records, repair_jsonl
 from mstar_fast.data.readers import BadRow, LoadReport, load_prompts, parse_choices_from_question
 from mstar_fast.data.records import Prompt, Sample
-from mstar_fast.data.synthetic import (
-    SyntheticConfig,
-    export_synthetic,
-    format_cot,
-    make_synthetic_dataset,
-    make_synthetic_split,
-)
 
 __all__ = [
     "load_image",
@@ -32,9 +25,4 @@ __all__ = [
     "read_records",
     "done_keys",
     "repair_jsonl",
-    "SyntheticConfig",
-    "make_synthetic_split",
-    "make_synthetic_dataset",
-    "export_synthetic",
-    "format_cot",
 ]

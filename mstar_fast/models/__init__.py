@@ -1,6 +1,7 @@
-"""Policies and PRMs as ``transformers`` models: loading, prompt formatting, tiny-model factory."""
+"""Policies and PRMs as ``transformers`` models: loading and prompt formatting (the
+demo's tiny-model factory is :mod:`mstar_fast.demo.tiny`)."""
 
-from mstar_fast.models.loading import load_policy, load_processor
+from mstar_fast.models.loading import load_policy, load_processor, resolve_device
 from mstar_fast.models.prompting import (
     PLAIN_TEMPLATE,
     PromptError,
@@ -10,14 +11,10 @@ from mstar_fast.models.prompting import (
     get_tokenizer,
     load_images,
 )
-from mstar_fast.models.tiny import ARCHS, TinySpec, make_tiny_vlm, read_tiny_spec
-from mstar_fast.models.tokenizer import train_tiny_tokenizer
 
 __all__ = [
-    "ARCHS",
     "PLAIN_TEMPLATE",
     "PromptError",
-    "TinySpec",
     "build_messages",
     "encode_prompt",
     "format_prompt",
@@ -25,7 +22,5 @@ __all__ = [
     "load_images",
     "load_policy",
     "load_processor",
-    "make_tiny_vlm",
-    "read_tiny_spec",
-    "train_tiny_tokenizer",
+    "resolve_device",
 ]

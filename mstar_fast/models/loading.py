@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from mstar_fast.errors import UserError
 from mstar_fast.models.compat import build_processor_without_video
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,26 @@ def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype | str:
         raise ValueError(f"load_policy: unknown dtype {dtype!r}; expected a torch.dtype, 'auto' or one of "
                          f"{sorted(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+def resolve_device(device: str, default: torch.device | None = None, what: str = "device") -> torch.device:
+    """A device string (``model.device``, ``--device``) as a torch device; ``auto`` gives ``default`` (None:
+    CUDA when there is one, else the CPU). ``what`` names the setting in error messages.
+
+    Raises:
+        UserError: an unknown device string, or a CUDA device on a machine without one.
+    """
+    if device == "auto":
+        return default or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"{what}={device!r} is not a device (auto, cpu, cuda, cuda:1, ...)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{what}={device!r}, but this machine has no CUDA GPU that torch can use; use auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"{what}={device!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
 
 
 def load_processor(path: str | Path, trust_remote_code: bool = False) -> Any:

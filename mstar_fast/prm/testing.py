@@ -4,7 +4,7 @@ For tests, benchmarks and docstring examples of the PRM scorer. ``tiny_llava_prm
 (CLIP vision tower + Llama text model) and its processor; ``tiny_llama_prm`` a text-only causal LM and its
 tokenizer. The weights are random, so the scores mean nothing; the shapes, the tokenization and the
 forward passes are those of the real model families. (The package-wide tiny-model factory lives in
-``mstar_fast.models.tiny``; this module only needs what the scorer exercises.)
+``mstar_fast.demo.tiny``; this module only needs what the scorer exercises.)
 """
 
 from __future__ import annotations

@@ -18,15 +18,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from mstar_fast.config import IterateConfig, RolloutConfig
 from mstar_fast.data.records import Prompt, Sample
-from mstar_fast.evaluate import grade_samples
+from mstar_fast.protocols import Rollout, Scorer, Trainer
 from mstar_fast.recipe.sample import sample_to_file
-from mstar_fast.recipe.select import SelectionStats, dedupe, group_by_prompt, select, well_formed
+from mstar_fast.recipe.select import SelectionStats, eligible, group_by_prompt, select
+from mstar_fast.rewards import grade_samples
+from mstar_fast.train.distributed import World
 
 __all__ = ["IterationResult", "next_chunk", "chunk_size", "sample_path", "iteration_seed", "score_and_grade",
-           "run_iteration"]
+           "run_iteration", "trainable"]
 
 
 @dataclass
@@ -72,30 +74,18 @@ def iteration_seed(seed: int, iteration: int) -> int:
     return int(seed) * 1_000_003 + 7919 * int(iteration)
 
 
-def score_and_grade(samples: list[Sample], prompts: dict[str, Prompt], scorer: Callable[..., Any] | None,
-                    require_format: bool = False) -> None:
-    """Grade ``samples`` in place, mark duplicates, and PRM-score the distinct correct ones (the only ones
-    selection ranks; scoring the rest would cost PRM forwards for nothing)."""
+def score_and_grade(samples: list[Sample], prompts: dict[str, Prompt], scorer: Scorer | None,
+                    dedup: bool = True, require_format: bool = False) -> None:
+    """Grade ``samples`` in place, mark duplicates, and PRM-score the eligible ones (:func:`eligible`: the
+    only ones selection ranks; scoring the rest would cost PRM forwards for nothing)."""
     grade_samples(samples, prompts)
     if scorer is None:
         return
     todo: list[Sample] = []
     for group in group_by_prompt(samples).values():
-        todo.extend(s for s in dedupe(group) if s.correct and (not require_format or well_formed(s.text)))
+        todo.extend(eligible(group, dedup=dedup, require_format=require_format))
     if todo:
         scorer(todo, prompts=[prompts[pid] for pid in dict.fromkeys(s.prompt_id for s in todo)])
-
-
-def special_token_ids(processor: Any) -> set[int]:
-    """Ids of the tokenizer's special tokens (image placeholders, chat markers, EOS)."""
-    from mstar_fast.models.prompting import get_tokenizer
-
-    tok = get_tokenizer(processor)
-    ids = {int(i) for i in getattr(tok, "all_special_ids", [])}
-    # Added special tokens (image placeholders, chat markers) are not always in all_special_ids.
-    added = getattr(tok, "added_tokens_decoder", None) or {}
-    ids |= {int(i) for i, t in added.items() if getattr(t, "special", False)}
-    return ids
 
 
 def trainable(sample: Sample, special_ids: set[int]) -> bool:
@@ -105,49 +95,44 @@ def trainable(sample: Sample, special_ids: set[int]) -> bool:
     return not any(int(t) in special_ids for t in ids[:-1])
 
 
-def run_iteration(iteration: int, chunk: Sequence[Prompt], *, rollout: Any, trainer: Any, run_dir: str | os.PathLike,
-                  temperature: float, k: int, max_new_tokens: int, seed: int, scorer: Callable[..., Any] | None,
-                  select_method: str = "topk", select_k: int = 2, threshold: float = 0.5, dedup: bool = True,
-                  require_format: bool = False,
-                  epochs: int = 1, steps: int | None = None, top_p: float = 1.0, top_k: int = 0,
-                  min_p: float = 0.0, chunk_prompts: int = 64, progress: bool = False,
-                  extra_samples: Sequence[Sample] = (), extra_prompts: Sequence[Prompt] = (),
-                  on_step: Callable[..., Any] | None = None, special_ids: set[int] | None = None) -> IterationResult:
+def run_iteration(iteration: int, chunk: Sequence[Prompt], it: IterateConfig, r: RolloutConfig, *,
+                  rollout: Rollout, trainer: Trainer, scorer: Scorer | None, run_dir: str | os.PathLike,
+                  temperature: float, seed: int, special_ids: set[int], progress: bool = False,
+                  extra: tuple[Sequence[Sample], Sequence[Prompt]] = ((), ()),
+                  on_step: Callable[..., bool | None] | None = None, world: World | None = None) -> IterationResult:
     """Run iteration ``iteration`` (1-based) on ``chunk``; see the module doc.
 
     Args:
         chunk: this iteration's labeled prompts.
-        rollout: rollout engine on the current policy; trainer: the run's :class:`~mstar_fast.train.SFTEngine`.
-        run_dir: the run directory (samples go to ``samples/iter-NNN.jsonl``).
-        temperature, k, max_new_tokens, top_p, top_k, min_p: sampling.
-        seed: the run seed (the iteration's sampling seed derives from it).
+        it: the ``iterate`` section (K, selection, de-duplication, format rule, SFT epochs / steps).
+        r: the ``rollout`` section (max_new_tokens, top_p, top_k, min_p, chunk_prompts).
+        rollout: rollout engine on the current policy; trainer: the run's trainer (lives for the run).
         scorer: the PRM scorer (None: no PRM; ``topk`` / ``threshold`` then fall back to ``random``).
-        select_method, select_k, threshold, dedup, require_format: selection (:func:`mstar_fast.recipe.select.select`).
-        epochs, steps: SFT on the selected responses (``steps`` overrides ``epochs``).
-        chunk_prompts: prompts per engine call.
-        extra_samples, extra_prompts: already graded samples (e.g. pseudo-labeled prompts) to select from
-            with the rest, and their prompts.
-        on_step: passed to ``train_on``.
+        run_dir: the run directory (samples go to ``samples/iter-NNN.jsonl``).
+        temperature: this iteration's sampling temperature.
+        seed: the run seed (the iteration's sampling seed derives from it).
         special_ids: token ids a trained response may not hold before its end (:func:`trainable`).
+        extra: already graded samples (e.g. pseudo-labeled prompts) to select from with the rest, and
+            their prompts.
+        on_step: passed to ``train_on``.
+        world: the processes that share the sampling.
     """
     t0 = time.perf_counter()
     prompts = {p.id: p for p in chunk}
     samples = sample_to_file(
-        rollout, list(chunk), k, sample_path(run_dir, iteration), temperature=temperature,
-        max_new_tokens=max_new_tokens, seed=iteration_seed(seed, iteration), top_p=top_p, top_k=top_k, min_p=min_p,
-        chunk_size=chunk_prompts, transform=lambda out: score_and_grade(out, prompts, scorer, require_format),
-        progress=progress,
-        desc=f"iteration {iteration}: sampling")
+        rollout, list(chunk), it.k, sample_path(run_dir, iteration), temperature=temperature,
+        max_new_tokens=r.max_new_tokens, seed=iteration_seed(seed, iteration), top_p=r.top_p, top_k=r.top_k,
+        min_p=r.min_p, chunk_size=r.chunk_prompts,
+        transform=lambda out: score_and_grade(out, prompts, scorer, it.dedupe, it.require_format),
+        progress=progress, desc=f"iteration {iteration}: sampling", world=world)
     t1 = time.perf_counter()
-    method = select_method if scorer is not None or select_method in ("random", "all") else "random"
-    pool = samples + list(extra_samples)
-    selected, stats = select(pool, method=method, k=select_k, threshold=threshold, dedup=dedup, seed=seed,
-                             iteration=iteration, require_format=require_format)
+    method = it.select if scorer is not None or it.select in ("random", "all") else "random"
+    extra_samples, extra_prompts = extra
+    selected, stats = select(samples + list(extra_samples), method=method, k=it.select_k, threshold=it.threshold,
+                             dedup=it.dedupe, seed=seed, iteration=iteration, require_format=it.require_format)
     all_prompts = {**prompts, **{p.id: p for p in extra_prompts}}
-    pairs = [(all_prompts[s.prompt_id], s) for s in selected if trainable(s, special_ids or set())]
-    report = None
-    if pairs:
-        report = trainer.train_on(pairs, steps=steps, epochs=epochs, on_step=on_step)
+    pairs = [(all_prompts[s.prompt_id], s) for s in selected if trainable(s, special_ids)]
+    report = trainer.train_on(pairs, steps=it.steps, epochs=it.epochs, on_step=on_step) if pairs else None
     t2 = time.perf_counter()
     n_correct = sum(bool(s.correct) for s in samples)
     return IterationResult(

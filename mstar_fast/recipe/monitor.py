@@ -26,21 +26,25 @@ PRM scoring runs once over all sampled (non-greedy) responses, with the *origina
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mstar_fast import metrics
+from mstar_fast.config import MonitorConfig
+from mstar_fast.constants import REWARD_K
 from mstar_fast.data.records import Prompt, Sample
-from mstar_fast.evaluate import grade_samples
+from mstar_fast.evaluate import evaluate
+from mstar_fast.protocols import Rollout, Scorer
+from mstar_fast.rewards import grade_samples
+from mstar_fast.train.distributed import World
 
-__all__ = ["GREEDY_SUFFIX", "TemperatureMetrics", "ValidationReport", "replica_id", "validate"]
+__all__ = ["GREEDY_SUFFIX", "TemperatureMetrics", "ValidationReport", "greedy_test_accuracy", "monitor_stage",
+           "replica_id", "validate"]
 
 GREEDY_SUFFIX = "@greedy"
-REWARD_K = 2  # Reward-Pass@2: the recipe keeps the top 2 per prompt
 _METRICS = ("pass_at_k", "reward_pass_at_2", "sample_accuracy", "pass_at_k_minus_greedy")
 
 
@@ -158,18 +162,10 @@ def _check_temperatures(temperatures: Sequence[float]) -> list[float]:
     return sorted(out)
 
 
-def _accepts_prompts(scorer: Callable[..., Any]) -> bool:
-    try:
-        params = inspect.signature(scorer).parameters
-    except (TypeError, ValueError):  # builtins / C callables without a signature
-        return False
-    return "prompts" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
-def _score(scorer: Callable[..., Sequence[float]], samples: list[Sample], prompts: list[Prompt]) -> list[float]:
+def _score(scorer: Scorer, samples: list[Sample], prompts: list[Prompt]) -> list[float]:
     """PRM scores of ``samples`` (replica ids) computed under the original prompt ids."""
     views = [dataclasses.replace(s, prompt_id=s.meta["source_id"]) for s in samples]
-    raw = scorer(views, prompts=prompts) if _accepts_prompts(scorer) else scorer(views)
+    raw = scorer(views, prompts=prompts)
     scores = [math.nan if v is None else float(v) for v in raw]
     if len(scores) != len(samples):
         raise ValueError(f"validate: the scorer returned {len(scores)} scores for {len(samples)} samples")
@@ -180,12 +176,12 @@ def _score(scorer: Callable[..., Sequence[float]], samples: list[Sample], prompt
 
 
 def validate(
-    engine: Any,
+    engine: Rollout,
     prompts: Sequence[Prompt],
     *,
     k: int,
     temperatures: Sequence[float],
-    scorer: Callable[..., Sequence[float]] | None = None,
+    scorer: Scorer | None = None,
     seed: int = 0,
     max_new_tokens: int = 256,
     stop: str | Sequence[str] | None = None,
@@ -199,10 +195,9 @@ def validate(
         prompts: validation prompts with gold answers and unique ids.
         k: samples per prompt and temperature (the paper: K = 16).
         temperatures: temperatures to sample (each > 0), e.g. ``TemperatureController.grid_to_sample(i)``.
-        scorer: a PRM scorer, ``scorer(samples) -> [L] floats`` (response score = min over steps); it is
-            also passed ``prompts=`` (the original prompts) when its signature takes that keyword, as
-            :class:`~mstar_fast.prm.PRMScorer` does. Samples are given to it with their original prompt ids.
-            None: Reward-Pass@2 is None.
+        scorer: a PRM scorer (:class:`~mstar_fast.protocols.Scorer`: ``scorer(samples, prompts=) -> [L]
+            floats``, response score = min over steps), given the samples with their original prompt ids
+            and the original prompts. None: Reward-Pass@2 is None.
         seed: run seed (use a different one per iteration for fresh samples).
         max_new_tokens: most tokens per response.
         stop: stop string(s) passed to the engine.
@@ -259,3 +254,25 @@ def validate(
                                       pass_at_k_minus_greedy=pak - greedy_acc)
     return ValidationReport(k=k, n_prompts=n, greedy_accuracy=greedy_acc, per_temperature=per_t, seed=int(seed),
                             samples=greedy + sampled)
+
+
+def greedy_test_accuracy(rollout: Rollout, test: Sequence[Prompt], max_new_tokens: int, seed: int,
+                  world: World) -> float | None:
+    """Greedy accuracy on ``test`` (rank 0 computes, every rank gets it); None without test prompts."""
+    acc = None
+    if test and world.is_main:
+        acc = evaluate(None, None, test, k=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed,
+                       engine=rollout, progress=False).accuracy
+    return world.broadcast(acc)
+
+
+def monitor_stage(mon: MonitorConfig, rollout: Rollout, val: Sequence[Prompt], *, temperatures: Sequence[float],
+                  scorer: Scorer | None, seed: int, max_new_tokens: int, world: World) -> ValidationReport:
+    """:func:`validate` with the ``monitor`` section's K on the first ``monitor.n_val`` prompts of ``val`` (0:
+    all), on rank 0; its report on every rank (through JSON on every rank alike, so all ranks hold the same
+    floats). ``max_new_tokens``: used when ``monitor.max_new_tokens`` is None."""
+    report = None
+    if world.is_main:
+        report = validate(rollout, val[: mon.n_val] if mon.n_val else val, k=mon.k, temperatures=temperatures,
+                          scorer=scorer, seed=seed, max_new_tokens=mon.max_new_tokens or max_new_tokens).to_dict()
+    return ValidationReport.from_dict(world.broadcast(report))

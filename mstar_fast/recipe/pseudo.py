@@ -13,15 +13,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+from mstar_fast.config import PseudoConfig
 from mstar_fast.data.records import Prompt, Sample
-from mstar_fast.evaluate import grade_samples
+from mstar_fast.protocols import Rollout, Scorer
 from mstar_fast.recipe.iteration import iteration_seed, sample_path
 from mstar_fast.recipe.sample import sample_to_file
 from mstar_fast.recipe.select import group_by_prompt
-from mstar_fast.rewards import extract_answer, vote_groups
+from mstar_fast.rewards import extract_answer, grade_samples, vote_groups
+from mstar_fast.train.distributed import World
 
 __all__ = ["pseudo_label", "pseudo_labeled_samples"]
 
@@ -43,17 +44,19 @@ def pseudo_label(samples: Sequence[Sample], prompt: Prompt, weighted: bool = Tru
     return best.answer if best.weight / total >= min_agreement else None
 
 
-def pseudo_labeled_samples(iteration: int, unlabeled: Sequence[Prompt], *, rollout: Any, run_dir: str | os.PathLike,
-                           temperature: float, k: int, max_new_tokens: int, seed: int,
-                           scorer: Callable[..., Any] | None, weighted: bool = True, min_agreement: float = 0.5,
-                           progress: bool = False) -> tuple[list[Sample], list[Prompt]]:
-    """Sample ``unlabeled`` prompts (``samples/iter-NNN-unlabeled.jsonl``), pseudo-label them by vote, and
-    grade their samples against the pseudo-labels.
+def pseudo_labeled_samples(iteration: int, unlabeled: Sequence[Prompt], ps: PseudoConfig, *, rollout: Rollout,
+                           run_dir: str | os.PathLike, temperature: float, k: int, max_new_tokens: int, seed: int,
+                           scorer: Scorer | None, progress: bool = False,
+                           world: World | None = None) -> tuple[list[Sample], list[Prompt]]:
+    """Sample ``unlabeled`` prompts (``samples/iter-NNN-unlabeled.jsonl``), pseudo-label them by vote
+    (``ps.weighted``, ``ps.min_agreement``), and grade their samples against the pseudo-labels.
 
     Returns:
         ``(graded samples of the prompts that got a label, those prompts with answer = pseudo-label and
         meta["pseudo_label"] = True)``.
     """
+    weighted, min_agreement = ps.weighted, ps.min_agreement
+
     def score(out: list[Sample]) -> None:
         for s in out:
             s.extracted = extract_answer(s.text)
@@ -63,7 +66,7 @@ def pseudo_labeled_samples(iteration: int, unlabeled: Sequence[Prompt], *, rollo
     samples = sample_to_file(rollout, list(unlabeled), k, sample_path(run_dir, iteration, "-unlabeled"),
                              temperature=temperature, max_new_tokens=max_new_tokens,
                              seed=iteration_seed(seed, iteration) + 1, transform=score, progress=progress,
-                             desc=f"iteration {iteration}: unlabeled")
+                             desc=f"iteration {iteration}: unlabeled", world=world)
     by_id = {p.id: p for p in unlabeled}
     labeled: list[Prompt] = []
     kept: list[Sample] = []

@@ -21,22 +21,63 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
-__all__ = ["CRITERIA", "DEFAULT_GRID", "TemperatureController", "default_grid"]
+from mstar_fast.constants import PAPER_TEMPERATURE_GRID, TEMPERATURE_CRITERIA
+from mstar_fast.constants import temperature_grid as default_grid
 
-CRITERIA = ("reward_pass_at_2", "pass_at_k", "static")
+__all__ = ["CRITERIA", "DEFAULT_GRID", "TemperatureController", "criteria", "default_grid", "register_criterion"]
 
-
-def default_grid(low: float = 0.3, high: float = 1.6, step: float = 0.1) -> tuple[float, ...]:
-    """``(low, low + step, ..., high)`` rounded to 1 decimal, so ``0.3 + 3 * 0.1`` is exactly ``0.6``, not
-    ``0.6000000000000001``: grid values are used as dictionary keys and printed in metrics files."""
-    n = int(round((high - low) / step))
-    return tuple(round(low + i * step, 1) for i in range(n + 1))
+CRITERIA = TEMPERATURE_CRITERIA
+DEFAULT_GRID = PAPER_TEMPERATURE_GRID
 
 
-DEFAULT_GRID = default_grid()
+class _Report(Protocol):
+    def metric(self, name: str) -> Mapping[float, float | None]: ...
+
+
+#: ``criterion(report) -> {temperature: value}`` to maximise, or None for a criterion that never adapts.
+Criterion = Callable[[_Report], Mapping[Any, Any] | None]
+_CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
+    """Register a temperature criterion under ``name`` (verl-style decorator).
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+    def deco(fn: Criterion) -> Criterion:
+        if name in _CRITERIA:
+            raise ValueError(f"register_criterion: {name!r} is already registered")
+        _CRITERIA[name] = fn
+        return fn
+
+    return deco
+
+
+def criteria() -> tuple[str, ...]:
+    """The registered criterion names."""
+    return tuple(_CRITERIA)
+
+
+@register_criterion("reward_pass_at_2")
+def _reward_pass_at_2(report: _Report) -> Mapping[Any, Any]:
+    """M-STaR: validation Reward-Pass@2 at each grid temperature."""
+    return report.metric("reward_pass_at_2")
+
+
+@register_criterion("pass_at_k")
+def _pass_at_k(report: _Report) -> Mapping[Any, Any]:
+    """The paper's weaker alternative: validation Pass@K."""
+    return report.metric("pass_at_k")
+
+
+@register_criterion("static")
+def _static(report: _Report) -> None:
+    """Never adapt (the baseline)."""
+    return None
 
 
 def _is_real(v: Any) -> bool:
@@ -59,8 +100,8 @@ class TemperatureController:
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID, initial: float = 1.0, adapt_every: int = 2,
                  criterion: str = "reward_pass_at_2") -> None:
-        if criterion not in CRITERIA:
-            raise ValueError(f"TemperatureController: criterion must be one of {CRITERIA}, got {criterion!r}")
+        if criterion not in _CRITERIA:
+            raise ValueError(f"TemperatureController: criterion must be one of {criteria()}, got {criterion!r}")
         if isinstance(adapt_every, bool) or not isinstance(adapt_every, int) or adapt_every < 1:
             raise ValueError(f"TemperatureController: adapt_every must be an int >= 1, got {adapt_every!r}")
         if not _is_real(initial) or initial <= 0:
@@ -100,7 +141,7 @@ class TemperatureController:
         """True when T is re-chosen after finished iteration ``iteration`` (1-based): every
         ``adapt_every``-th one; never for iteration 0 or the static criterion."""
         self._check_iteration(iteration)
-        return self.criterion != "static" and iteration >= 1 and iteration % self.adapt_every == 0
+        return _CRITERIA[self.criterion] is not _static and iteration >= 1 and iteration % self.adapt_every == 0
 
     def grid_to_sample(self, iteration: int) -> list[float]:
         """Temperatures that need validation sampling after finished iteration ``iteration``: the grid
@@ -113,11 +154,11 @@ class TemperatureController:
         return sorted(temps)
 
     # ------------------------------------------------------------------ adaptation
-    def _values(self, report: Any) -> dict[float, float]:
+    def _values(self, report: _Report | Mapping[float | str, float | None]) -> dict[float, float]:
         """Criterion value per grid temperature from a ``ValidationReport`` (its ``metric(name)``) or a
         plain mapping ``temperature -> value``."""
         if hasattr(report, "metric"):
-            raw = report.metric(self.criterion)
+            raw = _CRITERIA[self.criterion](report) or {}
         elif isinstance(report, Mapping):
             raw = report
         else:
@@ -150,7 +191,7 @@ class TemperatureController:
         # Smallest key wins: highest value, then smallest distance to cur, then lowest T.
         return min(values, key=lambda t: (-values[t], abs(t - cur), t))
 
-    def update(self, iteration: int, report: Any) -> float:
+    def update(self, iteration: int, report: _Report | Mapping[float | str, float | None]) -> float:
         """Adapt T after finished iteration ``iteration`` and return the T for the next iteration.
 
         Args:

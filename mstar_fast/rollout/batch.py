@@ -13,7 +13,9 @@ from typing import Any
 import torch
 
 from mstar_fast.data.records import Prompt, Sample
+from mstar_fast.rollout.kv import PaddedStore
 from mstar_fast.rollout.params import SamplingParams
+from mstar_fast.rollout.shared_prefix import SharedPrefixStore
 
 
 @dataclass
@@ -97,9 +99,6 @@ class RunningBatch:
         if not entries:
             return
         if self.store is None:
-            from mstar_fast.rollout.kv import PaddedStore
-            from mstar_fast.rollout.shared_prefix import SharedPrefixStore
-
             shared = self.shared and all(SharedPrefixStore.can_merge(c) for _, c, *_ in entries)
             self.store = (SharedPrefixStore if shared else PaddedStore)(self.device)
         # Positions still to be written by any row: the preallocated cache is sized for them.

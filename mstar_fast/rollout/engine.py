@@ -32,6 +32,7 @@ from mstar_fast.rollout import kv, shared_prefix
 from mstar_fast.rollout.params import check_generate_args, resolve_params
 from mstar_fast.rollout.scheduler import Run
 from mstar_fast.rollout.stopping import normalize_stop
+from mstar_fast.rollout.vllm_engine import VLLMRolloutEngine
 
 BACKENDS = ("hf", "vllm")
 
@@ -86,8 +87,6 @@ class RolloutEngine:
 
     def __new__(cls, model: Any = None, processor: Any = None, backend: str = "hf", **options: Any):
         if backend == "vllm":
-            from mstar_fast.rollout.vllm_engine import VLLMRolloutEngine
-
             return VLLMRolloutEngine(model, processor, **options)
         if backend != "hf":
             raise ValueError(f"RolloutEngine: unknown backend {backend!r}; expected one of {BACKENDS}")

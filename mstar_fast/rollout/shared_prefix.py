@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from mstar_fast.rollout.kv import output_cache, supports_merge
+
 log = logging.getLogger(__name__)
 
 _PREFIX = "mstar_shared_prefix_"
@@ -213,8 +215,6 @@ class SharedPrefixStore:
 
     @staticmethod
     def can_merge(cache: Any) -> bool:
-        from mstar_fast.rollout.kv import supports_merge
-
         return supports_merge(cache)
 
     def __len__(self) -> int:
@@ -361,8 +361,6 @@ def probe(model: Any, cache_kw: str, token_ids: list[int]) -> bool:
     pos = torch.tensor([[plen]], device=ids.device)
     try:
         with torch.inference_mode():
-            from mstar_fast.rollout.kv import output_cache
-
             ref_cache = output_cache(model(input_ids=prompt, use_cache=True))
             ref = model(input_ids=nxt, position_ids=pos, attention_mask=torch.ones_like(ids), use_cache=True,
                         **{cache_kw: ref_cache}).logits[:, -1].float()

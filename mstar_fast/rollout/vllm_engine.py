@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mstar_fast.data.records import Prompt, Sample
+from mstar_fast.models.loading import load_processor
 from mstar_fast.models.prompting import PLAIN_TEMPLATE, format_prompt, load_images
 from mstar_fast.rollout.params import check_generate_args, resolve_params
 from mstar_fast.rollout.seeds import sample_seed
@@ -59,8 +60,6 @@ class VLLMRolloutEngine:
             if isinstance(model, vllm.LLM):
                 processor = self.llm.get_tokenizer()
             else:
-                from mstar_fast.models.loading import load_processor
-
                 processor = load_processor(model)
         self.processor = processor
         self.progress = bool(progress)

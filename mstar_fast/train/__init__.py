@@ -2,7 +2,7 @@
 an optimizer and LR schedule that can live for the whole run (``continuous``) or be re-created per
 iteration (``iterative_rft``, ``rest_em``), atomic resumable checkpoints, and ``torchrun`` support."""
 
-from mstar_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mstar_fast.train.checkpoint import latest_checkpoint, load_checkpoint, resume_latest, save_checkpoint
 from mstar_fast.train.data import IGNORE_INDEX, EncodedExample, SFTCollator, collate, eos_token_id_for
 from mstar_fast.train.distributed import (
     DistInfo,
@@ -33,6 +33,7 @@ __all__ = [
     "init_distributed",
     "latest_checkpoint",
     "load_checkpoint",
+    "resume_latest",
     "save_checkpoint",
     "shard_list",
 ]

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from mstar_fast.data.records import Prompt, Sample
+from mstar_fast.models.prompting import PLAIN_TEMPLATE, encode_prompt, get_tokenizer
 
 logger = logging.getLogger("mstar_fast")
 
@@ -145,8 +146,6 @@ class SFTCollator:
     def __init__(self, processor: Any, *, eos_token_id: int | None = None, instruction: str | None = None,
                  include_choices: bool = False, template: str | None = None, max_length: int | None = None,
                  use_token_ids: bool = True, pad_to_multiple_of: int | None = None):
-        from mstar_fast.models.prompting import PLAIN_TEMPLATE, get_tokenizer
-
         self.processor = processor
         self.tokenizer = get_tokenizer(processor)
         self.eos_token_id = eos_token_id if eos_token_id is not None else getattr(self.tokenizer, "eos_token_id", None)
@@ -184,8 +183,6 @@ class SFTCollator:
     def encode(self, prompt: Prompt, sample: Sample) -> EncodedExample | None:
         """Prompt (images included) + response, with ``labels = -100`` on every prompt and image token.
         Returns None when the prompt alone does not fit ``max_length``."""
-        from mstar_fast.models.prompting import encode_prompt
-
         if sample.prompt_id != prompt.id:
             raise ValueError(f"SFTCollator: sample of prompt {sample.prompt_id!r} paired with prompt {prompt.id!r}")
         enc = encode_prompt(self.processor, prompt, **self.format_kwargs)

@@ -19,10 +19,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mstar_fast.constants import PARALLEL
+
 logger = logging.getLogger("mstar_fast")
 T = TypeVar("T")
 
-PARALLEL = ("auto", "none", "ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,45 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+@dataclass(frozen=True)
+class World:
+    """The processes a stage runs over, passed to the stages that shard work or exchange objects (never
+    patched in). :meth:`current` is the torchrun world (rank 0 of 1 without one); :meth:`single` is one
+    process working alone, e.g. rank 0 doing a stage while the other ranks wait at a barrier: it runs no
+    collective, so it cannot hang on ranks that are not there.
+
+    Attributes:
+        rank, size: this process's rank and the number of processes (``0 <= rank < size``).
+    """
+
+    rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def current(cls) -> World:
+        return cls(get_rank(), get_world_size())
+
+    @classmethod
+    def single(cls) -> World:
+        return cls(0, 1)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            barrier()
+
+    def broadcast(self, obj: T, src: int = 0) -> T:
+        """``obj`` from rank ``src`` on every rank."""
+        return broadcast_object(obj, src) if self.size > 1 else obj
+
+    def gather(self, objs: Sequence[T]) -> list[T] | None:
+        """Every rank's list concatenated on rank 0, in rank order; None on the other ranks."""
+        return gather_to_rank0(objs) if self.size > 1 else list(objs)
 
 
 def launched_by_torchrun() -> bool:

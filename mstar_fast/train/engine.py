@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mstar_fast.config import SFTConfig
+from mstar_fast.constants import TRAIN_MODES as MODES  # noqa: F401  (re-exported by mstar_fast.train)
 from mstar_fast.data.records import Prompt, Sample
 from mstar_fast.ops.fused_linear_cross_entropy import fused_linear_cross_entropy
 from mstar_fast.train import distributed as D
@@ -51,75 +53,7 @@ from mstar_fast.train.optim import WarmupSchedule, build_optimizer, build_schedu
 
 logger = logging.getLogger("mstar_fast")
 
-MODES = ("continuous", "iterative_rft", "rest_em")
 _VISION_NAMES = ("visual", "vision_tower", "vision_model", "vision_encoder", "vpm", "image_encoder")
-
-
-@dataclass
-class SFTConfig:
-    """Settings of :class:`SFTEngine` (the paper's run: lr 1e-6 constant, global batch 128).
-
-    Attributes:
-        mode: ``continuous`` | ``iterative_rft`` | ``rest_em`` (see the module doc).
-        lr, weight_decay, betas, eps: AdamW (``optimizer="sgd"`` for plain SGD); weight decay applies
-            to matrices only.
-        lr_schedule: ``constant`` (after warm-up) | ``cosine``.
-        warmup_steps: linear warm-up length, in optimizer steps.
-        total_steps: the cosine horizon of a ``continuous`` run (required there); in the other modes
-            each call's schedule spans that call's steps.
-        min_lr_ratio: the cosine floor, as a fraction of ``lr``.
-        global_batch_size: examples per optimizer step, over all ranks.
-        micro_batch_size: examples per forward pass on one rank; gradients accumulate over them.
-        max_grad_norm: clip the global gradient norm to this (None or <= 0: off).
-        group_by_length: sort each global batch by length before cutting micro-batches (less padding).
-        shuffle: shuffle the items of each epoch (order depends only on seed, call index and epoch).
-        seed: data-order seed.
-        gradient_checkpointing: recompute activations in backward (``transformers``' own switch).
-        bf16: bf16 autocast; None = on where supported (CUDA with bf16), off on CPU.
-        freeze_vision: freeze the vision encoder (the projector / connector stays trainable).
-        parallel: ``auto`` | ``none`` | ``ddp`` | ``fsdp`` (see :mod:`mstar_fast.train.distributed`).
-        find_unused_parameters: DDP's option (for batches that skip a branch of the model).
-        loss_chunk_size: rows per chunk of the fused loss (None: its memory-based default).
-        log_every: log one line every this many steps (0: never).
-    """
-
-    mode: str = "continuous"
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    optimizer: str = "adamw"
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    total_steps: int | None = None
-    min_lr_ratio: float = 0.0
-    global_batch_size: int = 128
-    micro_batch_size: int = 4
-    max_grad_norm: float | None = 1.0
-    group_by_length: bool = True
-    shuffle: bool = True
-    seed: int = 0
-    gradient_checkpointing: bool = False
-    bf16: bool | None = None
-    freeze_vision: bool = False
-    parallel: str = "auto"
-    find_unused_parameters: bool = False
-    loss_chunk_size: int | None = None
-    log_every: int = 10
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"SFTConfig.mode must be one of {MODES}, got {self.mode!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"SFTConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.mode == "continuous" and self.lr_schedule == "cosine" and not self.total_steps:
-            raise ValueError("SFTConfig: a continuous run with the cosine schedule needs total_steps (its horizon)")
-        for name in ("global_batch_size", "micro_batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"SFTConfig.{name} must be an int >= 1, got {v!r}")
-        if self.lr < 0:
-            raise ValueError(f"SFTConfig.lr must be >= 0, got {self.lr}")
 
 
 @dataclass
@@ -509,17 +443,3 @@ class SFTEngine:
         self.global_step = int(state["global_step"])
         self.calls = int(state["calls"])
         self._open = state.get("open_call")
-
-    def save_checkpoint(self, path: Any, extra: dict[str, Any] | None = None, processor: Any = None) -> Any:
-        """See :func:`mstar_fast.train.checkpoint.save_checkpoint`."""
-        from mstar_fast.train.checkpoint import save_checkpoint
-
-        return save_checkpoint(self, path, extra=extra, processor=processor)
-
-    def load_checkpoint(self, path: Any) -> dict[str, Any]:
-        """See :func:`mstar_fast.train.checkpoint.load_checkpoint`; returns the caller's ``extra`` state."""
-        from mstar_fast.train.checkpoint import load_checkpoint
-
-        return load_checkpoint(self, path)
-
-    resume = load_checkpoint

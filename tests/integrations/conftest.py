@@ -11,7 +11,8 @@ SMALL = dict(vocab_size=512, hidden_size=32, image_size=32, num_layers=2, max_po
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """arch -> (model, processor), built on first use."""
-    from mstar_fast.models import load_policy, make_tiny_vlm
+    from mstar_fast.demo.tiny import make_tiny_vlm
+    from mstar_fast.models import load_policy
 
     root = tmp_path_factory.mktemp("integration_models")
     cache: dict = {}

@@ -218,8 +218,9 @@ def test_shared_prefix_on_mrope_qwen2_vl(tmp_path):
     """Qwen2-VL packs image tokens into fewer M-RoPE positions: continuations after the cached prefix must
     start at P + rope_delta. Shared-prefix scores equal independent full forwards, twice in a row (no
     stale offset from the previous prompt)."""
-    from mstar_fast.models import load_policy, make_tiny_vlm
-    from mstar_fast.recipe.prm_train import add_step_tag_token
+    from mstar_fast.demo.tiny import make_tiny_vlm
+    from mstar_fast.models import load_policy
+    from mstar_fast.prm.train import add_step_tag_token
 
     model, processor = load_policy(make_tiny_vlm("qwen2_vl", tmp_path, vocab_size=400, hidden_size=32,
                                                  image_size=32, num_layers=1))

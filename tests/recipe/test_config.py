@@ -115,6 +115,20 @@ def test_paper_configs(name):
 
 
 def test_demo_yaml_is_the_demo():
-    from mstar_fast.recipe.demo import demo_config
+    from mstar_fast.demo.run import demo_config
 
     assert config_to_dict(load_config(CONFIGS / "demo.yaml")) == config_to_dict(demo_config())
+
+
+def test_importing_the_config_is_cheap_and_points_no_arrow_back_up():
+    """``import mstar_fast.config`` loads at most 3 package modules (the package, the config, the leaf
+    constants): no recipe, train or torch-backed module comes with it."""
+    import subprocess
+    import sys
+
+    code = "import sys, mstar_fast.config; print(sorted(m for m in sys.modules if m.startswith('mstar_fast')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = eval(out)
+    assert len(loaded) <= 3, loaded
+    assert "torch" not in subprocess.run([sys.executable, "-c", code.replace("'mstar_fast'", "'torch'")],
+                                         capture_output=True, text=True, check=True).stdout.replace("[]", "")

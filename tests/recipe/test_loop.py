@@ -126,7 +126,7 @@ def test_run_refuses_an_existing_run_dir(quick_run):
 
 
 def test_stage_commands_then_resume_the_run(tmp_path):
-    from mstar_fast.recipe.demo import QUICK
+    from mstar_fast.demo.run import QUICK
 
     run_dir = tmp_path / "staged"
     config = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")

@@ -10,8 +10,9 @@ from unittest import mock
 
 import pytest
 
-from mstar_fast.data import make_synthetic_split
-from mstar_fast.models import load_policy, make_tiny_vlm
+from mstar_fast.demo.synthetic import make_synthetic_split
+from mstar_fast.demo.tiny import make_tiny_vlm
+from mstar_fast.models import load_policy
 from mstar_fast.recipe.monitor import ValidationReport, replica_id, validate
 from mstar_fast.rewards import check_answer, extract_answer
 from mstar_fast.rollout import RolloutEngine
@@ -42,7 +43,7 @@ class StubScorer:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, samples):
+    def __call__(self, samples, prompts=None):
         self.calls.append([s.prompt_id for s in samples])
         return [stub_score(s.text) for s in samples]
 
@@ -187,7 +188,7 @@ def test_bad_prompts(engine, labeled):
     with pytest.raises(ValueError, match="no prompts"):
         validate(engine, [], k=1, temperatures=[1.0])
     with pytest.raises(ValueError, match="scores for"):
-        validate(engine, prompts[:1], k=2, temperatures=[1.0], scorer=lambda s: [0.5], max_new_tokens=4)
+        validate(engine, prompts[:1], k=2, temperatures=[1.0], scorer=lambda s, prompts=None: [0.5], max_new_tokens=4)
 
 
 class ScriptedEngine:
@@ -225,7 +226,7 @@ def test_metrics_on_scripted_answers():
     scores = {("a", 0.5): [0.1, 0.9, 0.8], ("b", 0.5): [0.5, 0.4, 0.3],   # a: the correct one ranks last
               ("a", 1.0): [0.2, 0.5, 0.1], ("b", 1.0): [0.3, 0.3, 0.9]}   # b: tie at 0.3 -> index 0 wins
 
-    def scorer(samples):
+    def scorer(samples, prompts=None):
         return [scores[(s.prompt_id, s.temperature)][s.index] for s in samples]
 
     report = validate(engine, prompts, k=3, temperatures=[1.0, 0.5], scorer=scorer)

@@ -107,3 +107,56 @@ def test_well_formed_and_require_format():
     assert [s.index for s in out] == [1] and stats.n_correct == 1
     out, _ = select(samples, "topk", k=1)
     assert [s.index for s in out] == [0]
+
+
+def test_registered_methods_are_the_config_names():
+    from mstar_fast.constants import SELECTIONS
+    from mstar_fast.recipe.select import register_selection, selection_methods
+
+    assert set(selection_methods()) == set(SELECTIONS)
+    with pytest.raises(ValueError, match="already registered"):
+        register_selection("topk")(lambda groups, args: groups)
+
+
+def _old_topk(correct: list[Sample], k: int) -> list[Sample]:
+    """The Python sort selection used before ops.group_topk: highest score first, NaN last, ties by index."""
+    key = lambda s: (math.inf if math.isnan(s.score) else -s.score, s.index)  # noqa: E731
+    return correct if len(correct) <= k else sorted(correct, key=key)[:k]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_topk_by_group_topk_equals_the_python_sort_and_the_monitor_ranking(seed):
+    """Selection ranks with ops.group_topk (the op the monitor's Reward-Pass@2 ranks with): on groups full of
+    ties and NaN it picks what the old Python sort picked, and its top 2 holds a correct response exactly
+    when metrics.reward_pass_at_k says so."""
+    import random
+
+    import torch
+
+    from mstar_fast import metrics
+
+    rng = random.Random(seed)
+    samples = []
+    for g in range(12):
+        for i in range(rng.randint(1, 7)):
+            score = rng.choice([0.25, 0.5, 0.5, 0.75, float("nan")])  # few values: many ties
+            samples.append(S(f"p{g}", i, f"r{i}\n\n# Answer\n\n1", True, score))
+    out, _ = select(samples, "topk", k=2, dedup=False)
+    want = [s for group in group_by(samples) for s in _old_topk(group, 2)]
+    assert {(s.prompt_id, s.index) for s in out} == {(s.prompt_id, s.index) for s in want}
+    # The monitor's ranking (metrics.reward_pass_at_k) over the same groups: its top 2 of every group is
+    # exactly the picked set (every group holds a picked sample in its top 2, and none a non-picked one).
+    groups = group_by(samples)
+    offsets = torch.tensor([0] + [len(g) for g in groups]).cumsum(0)
+    scores = [s.score for g in groups for s in g]
+    picked = [s.selected for g in groups for s in g]
+    not_picked = [not p for p in picked]
+    assert metrics.reward_pass_at_k(scores, not_picked, offsets, k=2) == 0.0
+    assert metrics.reward_pass_at_k(scores, picked, offsets, k=2) == 1.0
+
+
+def group_by(samples: list[Sample]) -> list[list[Sample]]:
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.prompt_id, []).append(s)
+    return list(groups.values())

@@ -152,3 +152,12 @@ def test_state_dict_round_trip():
         TemperatureController(adapt_every=2, criterion="pass_at_k").load_state_dict(state)
     with pytest.raises(ValueError, match="missing keys"):
         c2.load_state_dict({"temperature": 1.0})
+
+
+def test_registered_criteria_are_the_config_names():
+    from mstar_fast.constants import TEMPERATURE_CRITERIA
+    from mstar_fast.recipe.temperature import criteria, register_criterion
+
+    assert set(criteria()) == set(TEMPERATURE_CRITERIA)
+    with pytest.raises(ValueError, match="already registered"):
+        register_criterion("static")(lambda report: None)

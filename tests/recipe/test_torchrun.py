@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from mstar_fast.recipe.demo import QUICK
+from mstar_fast.demo.run import QUICK
 
 
 def _free_port() -> int:

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from mstar_fast.data.records import Prompt
-from mstar_fast.models import encode_prompt, load_policy, make_tiny_vlm
+from mstar_fast.demo.tiny import make_tiny_vlm
+from mstar_fast.models import encode_prompt, load_policy
 from mstar_fast.rollout import RolloutEngine, sample_seed
 
 ARCHS = ["qwen2_vl", "llava", "idefics3", "llama"]

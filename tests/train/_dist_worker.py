@@ -19,7 +19,7 @@ import torch
 def run(model_dir: str, out: Path, parallel: str) -> None:
     from safetensors.torch import save_file
 
-    from mstar_fast.train import SFTCollator, SFTConfig, SFTEngine, distributed as D
+    from mstar_fast.train import SFTCollator, SFTConfig, SFTEngine, distributed as D, load_checkpoint, save_checkpoint
     from tests.train.conftest import load, qa_pairs
 
     model, proc = load(model_dir)
@@ -31,12 +31,12 @@ def run(model_dir: str, out: Path, parallel: str) -> None:
     engine = SFTEngine(model, cfg)
     report = engine.train_on(data, steps=3)
     ckpt = out / f"ckpt-{parallel}"
-    engine.save_checkpoint(ckpt, extra={"parallel": parallel})
+    save_checkpoint(engine, ckpt, extra={"parallel": parallel})
     after = engine.train_on(more, steps=1)
 
     fresh_model, _ = load(model_dir)
     fresh = SFTEngine(fresh_model, cfg)
-    extra = fresh.load_checkpoint(ckpt)
+    extra = load_checkpoint(fresh, ckpt)
     again = fresh.train_on(more, steps=1)
 
     shard = D.shard_list(list(range(7)))

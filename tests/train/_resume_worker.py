@@ -12,6 +12,7 @@ import torch
 
 def main(model_dir: str, ckpt: str, kill_at: int) -> None:
     torch.set_num_threads(1)
+    from mstar_fast.train import save_checkpoint
     from tests.train.test_checkpoint import build_run
 
     engine, data_a, data_b = build_run(model_dir)
@@ -19,7 +20,7 @@ def main(model_dir: str, ckpt: str, kill_at: int) -> None:
 
     def on_step(eng, info):
         if info.call_step == kill_at:
-            eng.save_checkpoint(ckpt, extra={"cursor": 5, "temperature": 0.7})
+            save_checkpoint(eng, ckpt, extra={"cursor": 5, "temperature": 0.7})
             os.kill(os.getpid(), signal.SIGKILL)
 
     engine.train_on(data_b, steps=4, on_step=on_step)

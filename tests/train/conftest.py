@@ -16,7 +16,7 @@ def _train_one_thread(one_thread):
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """Lazily built tiny model directories, keyed by arch."""
-    from mstar_fast.models import make_tiny_vlm
+    from mstar_fast.demo.tiny import make_tiny_vlm
 
     root = tmp_path_factory.mktemp("tiny_models")
     cache: dict[str, object] = {}

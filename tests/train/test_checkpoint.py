@@ -56,7 +56,7 @@ def test_kill_and_resume_is_bit_exact(tiny_dirs, tmp_path):
 
     resumed, _, data_b2 = build_run(model_dir, perturb=True)
     torch.manual_seed(999)  # the checkpoint's RNG states must win over whatever the process has
-    extra = resumed.load_checkpoint(ckpt)
+    extra = load_checkpoint(resumed, ckpt)
     assert extra == {"cursor": 5, "temperature": 0.7}
     assert resumed.global_step == 5
     r = resumed.train_on(data_b2, steps=4)
@@ -75,13 +75,13 @@ def test_resume_mid_call_and_at_call_boundary(tiny_dirs, tmp_path, mode):
 
     # Stop (in-process) after step 1 of call 2, checkpointing there; also checkpoint the call boundary.
     engine, data_a, data_b = build_run(model_dir, mode)
-    engine.train_on(data_a, steps=3, on_step=lambda e, i: e.save_checkpoint(tmp_path / f"s{i.global_step}") and None)
-    stop = engine.train_on(data_b, steps=4, on_step=lambda e, i: bool(e.save_checkpoint(tmp_path / "mid")))
+    engine.train_on(data_a, steps=3, on_step=lambda e, i: save_checkpoint(e, tmp_path / f"s{i.global_step}") and None)
+    stop = engine.train_on(data_b, steps=4, on_step=lambda e, i: bool(save_checkpoint(e, tmp_path / "mid")))
     assert stop.stopped and stop.steps == 1
 
     for ckpt, first in ((tmp_path / "mid", 4), (tmp_path / "s3", 3)):
         resumed, data_a2, data_b2 = build_run(model_dir, mode, perturb=True)
-        resumed.load_checkpoint(ckpt)
+        load_checkpoint(resumed, ckpt)
         r = resumed.train_on(data_b2, steps=4)
         assert r.losses == full[first:], ckpt.name
         assert all(torch.equal(v, full_weights[k]) for k, v in _weights(resumed).items())
@@ -123,7 +123,7 @@ def test_vlm_checkpoint_round_trip(tiny_dirs, tmp_path):
     with torch.no_grad():
         for p in other.parameters():
             p.add_(1.0)
-    SFTEngine(other, SFTConfig(lr=1e-3, freeze_vision=True)).load_checkpoint(path)
+    load_checkpoint(SFTEngine(other, SFTConfig(lr=1e-3, freeze_vision=True)), path)
     plain = AutoModelForImageTextToText.from_pretrained(path / "model")
     for k, v in model.state_dict().items():
         assert torch.equal(other.state_dict()[k], v), k

@@ -1,12 +1,13 @@
 """``mstar demo``: the whole M-STaR recipe on an embedded task, on a CPU, in minutes, with no download.
 
 It builds a tiny vision-language model (Qwen2-VL architecture, ~1.4M parameters, random weights, a tokenizer
-trained on the spot) and the synthetic multimodal reasoning task (:mod:`mstar_fast.data.synthetic`), makes
+trained on the spot) and the synthetic multimodal reasoning task (:mod:`mstar_fast.demo.synthetic`), makes
 a weak base model by a short SFT on the gold reasoning of a part of the train prompts (standing in for a
 pre-trained VLM; half of those examples carry the answer hint, so that the base model can use an answer it
 is given, as the warm-up assumes), then runs warm-up, PRM data + training and the self-evolving iterations
-with adaptive temperature (:func:`mstar_fast.recipe.loop.run`), and prints base -> warm-up -> M-STaR test
-accuracy.
+with adaptive temperature (:func:`mstar_fast.recipe.loop.run`; the synthetic data and the tiny base model
+reach the recipe by name, through :data:`mstar_fast.constants.PROMPT_SOURCES` / ``BASE_POLICIES``), and
+prints base -> warm-up -> M-STaR test accuracy.
 
 The task is one family of the synthetic benchmark, ``grid_geometry`` level 1 (read a rectangle's width and
 height off an 8x8 grid image, multiply): measured on this 2-core CPU, it is the family a model this size
@@ -32,6 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from mstar_fast.config import RunConfig, apply_overrides, config_from_dict
+from mstar_fast.errors import UserError
+from mstar_fast.recipe.loop import run
+from mstar_fast.recipe.plot import plot_run
+from mstar_fast.train.distributed import World
 
 __all__ = ["DEMO", "QUICK", "demo_config", "run_demo", "BASELINES"]
 
@@ -114,22 +119,18 @@ def run_demo(quick: bool = False, compare: bool = False, out: str | None = None,
     Returns:
         ``{"base_test_acc", "warmup_test_acc", "mstar_test_acc", "seconds", "baselines": {name: acc}}``.
     """
-    from mstar_fast.recipe.loop import run
-    from mstar_fast.recipe.plot import plot_run
-    from mstar_fast.train import distributed as D
-
     t0 = time.perf_counter()
     cfg = demo_config(quick, out, overrides)
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not resume and (run_dir / "config.yaml").exists():
-        raise ValueError(f"{run_dir} already holds a demo run; pass --out NEW_DIR, delete it, or resume it with "
+        raise UserError(f"{run_dir} already holds a demo run; pass --out NEW_DIR, delete it, or resume it with "
                          f"`mstar run --resume {run_dir}`")
     rows = run(cfg, resume=resume)
     final = rows[-1]
     result: dict[str, Any] = {"base_test_acc": final.get("base_test_acc"),
                               "warmup_test_acc": final.get("warmup_test_acc"),
                               "mstar_test_acc": final.get("test_greedy_acc"), "baselines": {}}
-    if D.is_main_process():
+    if World.current().is_main:
         msg = plot_run(run_dir)
         print(msg)
     if compare:
@@ -137,14 +138,14 @@ def run_demo(quick: bool = False, compare: bool = False, out: str | None = None,
         for name, extra in BASELINES.items():
             bcfg = demo_config(quick, str(run_dir.parent / f"{run_dir.name}-{name}"), list(overrides) + extra)
             bcfg.iterate.iterations = max(1, math.ceil(budget / bcfg.iterate.interval - 1e-9))
-            if D.is_main_process():
+            if World.current().is_main:
                 _share_stages(run_dir, Path(bcfg.run_dir))
-            D.barrier()
+            World.current().barrier()
             print(f"\n=== baseline {name}: {' '.join(extra)}, {bcfg.iterate.iterations} iterations ===", flush=True)
             brows = run(bcfg, resume=True)
             result["baselines"][name] = brows[-1].get("test_greedy_acc")
     result["seconds"] = time.perf_counter() - t0
-    if D.is_main_process():
+    if World.current().is_main:
         print()
         print("| model | test greedy accuracy (%) |")
         print("|---|---:|")

@@ -9,8 +9,9 @@ import re
 
 import pytest
 
-from mstar_fast.data import SyntheticConfig, export_synthetic, load_prompts, make_synthetic_split
-from mstar_fast.data.synthetic import CATEGORIES, FAMILIES, _problem_key, render, solve
+from mstar_fast.data import load_prompts
+from mstar_fast.demo.synthetic import SyntheticConfig, export_synthetic, make_synthetic_split
+from mstar_fast.demo.synthetic import CATEGORIES, FAMILIES, _problem_key, render, solve
 from mstar_fast.rewards import answers_match, extract_answer
 
 N_TRAIN, N_TEST = 1600, 400

@@ -7,17 +7,9 @@ import torch
 from PIL import Image
 
 from mstar_fast.data.records import Prompt
-from mstar_fast.models import (
-    ARCHS,
-    PromptError,
-    encode_prompt,
-    format_prompt,
-    load_images,
-    load_policy,
-    make_tiny_vlm,
-    read_tiny_spec,
-    train_tiny_tokenizer,
-)
+from mstar_fast.demo.tiny import ARCHS, make_tiny_vlm, read_tiny_spec
+from mstar_fast.demo.tokenizer import train_tiny_tokenizer
+from mstar_fast.models import encode_prompt, load_policy
 
 VLM_ARCHS = [a for a in ARCHS if a != "llama"]
 SMALL = dict(vocab_size=512, hidden_size=32, image_size=32, num_layers=1)
@@ -89,38 +81,6 @@ def test_seed_fixes_the_weights(tmp_path):
     c = make_tiny_vlm("llava", tmp_path / "c", seed=4, **SMALL)
     wa, wb, wc = (load_policy(d)[0].get_input_embeddings().weight for d in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
-
-
-@pytest.mark.parametrize("arch,expected", [
-    ("qwen2_vl", "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n<|im_start|>assistant\n"),
-    ("llava", "USER: <image>\nQ? ASSISTANT:"),
-    ("idefics3", "User:<image>Q?<end_of_utterance>\nAssistant:"),
-])
-def test_chat_template_per_family(tiny_dirs, arch, expected):
-    _, processor = load_policy(tiny_dirs[arch])
-    text, templated = format_prompt(processor, Prompt(id="p", question="Q?", images=["unused.png"]))
-    assert templated and text == expected
-
-
-def test_plain_template_without_chat_template(tiny_dirs):
-    _, processor = load_policy(tiny_dirs["llava"])
-    processor.chat_template = None
-    processor.tokenizer.chat_template = None
-    prompt = Prompt(id="p", question="Q?", images=["a.png", "b.png"], choices=["1", "2"])
-    text, templated = format_prompt(processor, prompt, include_choices=True, instruction="Think.")
-    assert not templated and text == "<image><image>Q?\nChoices:\n(A) 1\n(B) 2\nThink.\n"
-
-
-def test_per_prompt_errors(tiny_dirs, tmp_path):
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"not an image")
-    with pytest.raises(PromptError, match="cannot open image 0"):
-        load_images([str(bad)])
-    with pytest.raises(PromptError, match="cannot open image 0"):
-        load_images([str(tmp_path / "missing.png")])
-    _, tok = load_policy(tiny_dirs["llama"])
-    with pytest.raises(PromptError, match="text-only"):
-        encode_prompt(tok, Prompt(id="p", question="Q", images=[str(bad)]))
 
 
 def test_bad_arguments(tmp_path):

@@ -43,9 +43,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from mstar_fast.constants import PRM_HEADS
 from mstar_fast.data.records import Prompt
+from mstar_fast.models.loading import load_policy
+from mstar_fast.prm.data import PRMExample
 from mstar_fast.prm.scorer import PRMScorer
-from mstar_fast.recipe.prm_data import PRMExample
 from mstar_fast.train.data import IGNORE_INDEX, EncodedExample, collate, plan_steps
 from mstar_fast.train.engine import find_vision_encoder
 from mstar_fast.train.optim import WarmupSchedule, build_scheduler, param_groups
@@ -54,7 +56,7 @@ __all__ = ["HEADS", "PRM_CONFIG", "VALUE_HEAD_FILE", "train_prm", "load_prm", "e
 
 log = logging.getLogger(__name__)
 
-HEADS = ("reward_tokens", "value")
+HEADS = PRM_HEADS
 PRM_CONFIG = "prm_config.json"
 VALUE_HEAD_FILE = "value_head.safetensors"
 _FORMAT = "mstar_fast.prm/1"
@@ -222,7 +224,7 @@ def train_prm(
             deep-copied; the copy is trained and becomes the PRM. fp32 weights recommended.
         processor: its processor (or tokenizer); also copied (the step tag may be added to the copy).
         prompts: the prompts of the examples (a sequence or a mapping by id).
-        examples: :class:`~mstar_fast.recipe.prm_data.PRMExample` records (from ``monte_carlo_labels``).
+        examples: :class:`~mstar_fast.prm.data.PRMExample` records (from ``monte_carlo_labels``).
         head: ``"reward_tokens"`` (two reward tokens at the tag) or ``"value"`` (a ``Linear(H, 1)``).
         step_tag, reward_tokens, step_separator, answer_marker, prompt_format: the scorer's settings
             (:class:`mstar_fast.prm.PRMScorer`); ``prompt_format`` (a callable) is not saved: pass it to
@@ -387,8 +389,6 @@ def load_prm(
     Raises:
         ValueError: ``out_dir`` holds no ``prm_config.json`` or an unknown format / head.
     """
-    from mstar_fast.models.loading import load_policy
-
     d = Path(out_dir)
     cfg_path = d / PRM_CONFIG
     if not cfg_path.is_file():

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -37,13 +38,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Sequence
 
+from mstar_fast.config import DataConfig
 from mstar_fast.data.records import Prompt
+from mstar_fast.errors import UserError
 
-if TYPE_CHECKING:  # Pillow is imported lazily: ``import mstar_fast.data`` must not need it
+if TYPE_CHECKING:  # Pillow is imported lazily: importing this module must not need it
     from PIL.Image import Image
 
 __all__ = [
     "SyntheticConfig",
+    "prompt_source",
     "FAMILIES",
     "CATEGORIES",
     "make_synthetic_split",
@@ -376,8 +380,6 @@ def _clock_solve(scene: dict, spec: dict) -> tuple[str, list[str]]:
 
 
 def _clock_draw(scene: dict, size: int) -> Image:
-    import math
-
     from PIL import Image, ImageDraw
 
     im = Image.new("RGB", (size, size), tuple(scene["background"]))
@@ -633,3 +635,17 @@ def export_synthetic(out_dir: str | os.PathLike, n_train: int = 2000, n_val: int
         os.replace(tmp, p)
         paths[split] = p
     return paths
+
+
+def prompt_source(split: str, n: int, data: DataConfig, start: int = 0) -> list[Prompt]:
+    """The ``synthetic`` prompt source of a run config (``data.train: synthetic``): ``n`` prompts of
+    ``split`` with the config's ``synthetic_*`` settings, from problem ``start`` on.
+
+    Raises:
+        UserError: ``n`` < 1 (``data.n_<split>`` must be set for synthetic data).
+    """
+    if n < 1:
+        raise UserError(f"config: data.n_{split} must be >= 1 for synthetic data, got {n}")
+    sc = SyntheticConfig(families=tuple(data.synthetic_families), levels=tuple(data.synthetic_levels),
+                         image_size=data.synthetic_image_size, seed=data.synthetic_seed)
+    return make_synthetic_split(split, n, sc, start=start)

@@ -11,15 +11,16 @@ import torch
 from mstar_fast.data import Prompt
 from mstar_fast.prm import PRMScorer
 from mstar_fast.prm.testing import tiny_image
-from mstar_fast.recipe.prm_data import PRMExample
-from mstar_fast.recipe.prm_train import _PRMLoss, encode_prm_example, load_prm, prm_loss, train_prm
+from mstar_fast.prm.data import PRMExample
+from mstar_fast.prm.train import _PRMLoss, encode_prm_example, load_prm, prm_loss, train_prm
 
 N_PROMPTS = 4
 
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
-    from mstar_fast.models import load_policy, make_tiny_vlm
+    from mstar_fast.demo.tiny import make_tiny_vlm
+    from mstar_fast.models import load_policy
 
     d = make_tiny_vlm("llava", tmp_path_factory.mktemp("policy"), vocab_size=400, hidden_size=32, image_size=16,
                       num_layers=1)

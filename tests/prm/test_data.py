@@ -11,7 +11,7 @@ import pytest
 from mstar_fast.data import Prompt, Sample
 from mstar_fast.data.jsonl import read_jsonl
 from mstar_fast.models.prompting import RESPONSE_PREFIX_KEY, encode_prompt, format_prompt
-from mstar_fast.recipe.prm_data import PRMExample, monte_carlo_labels, read_prm_examples, response_prefix
+from mstar_fast.prm.data import PRMExample, monte_carlo_labels, read_prm_examples, response_prefix
 
 M = 4
 PROMPTS = [
@@ -150,7 +150,8 @@ def test_input_checks():
 
 
 def test_real_engine_continues_the_prefix(tmp_path):
-    from mstar_fast.models import load_policy, make_tiny_vlm
+    from mstar_fast.demo.tiny import make_tiny_vlm
+    from mstar_fast.models import load_policy
     from mstar_fast.prm.testing import tiny_image
     from mstar_fast.rollout import RolloutEngine
 

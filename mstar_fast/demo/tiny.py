@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from mstar_fast.models.tokenizer import EOS_TOKEN, train_tiny_tokenizer
+from mstar_fast.demo.tokenizer import EOS_TOKEN, tiny_corpus, train_tiny_tokenizer
 
 ARCHS = ("qwen2_vl", "llava", "idefics3", "llama")
 TINY_META = "mstar_tiny.json"
@@ -239,8 +239,6 @@ def make_tiny_vlm(
 
     corpus = None
     if tokenizer_corpus is not None:
-        from mstar_fast.models.tokenizer import tiny_corpus
-
         corpus = tiny_corpus() + list(tokenizer_corpus)
     tok = train_tiny_tokenizer(_SPECIALS[arch], vocab_size=vocab_size, corpus=corpus)
     text = _text_config(len(tok), hidden_size, num_layers, num_heads, intermediate_size or 2 * hidden_size,

@@ -1,0 +1,260 @@
+"""The run directory and what a run reports: files (``config.yaml``, ``stages.json``, ``metrics.jsonl``, saved
+models, checkpoints), the console (rank 0) and scalar loggers (TensorBoard, W&B).
+
+Layout of ``RUN_DIR``::
+
+    config.yaml          the resolved config (``mstar run --resume RUN_DIR`` reads it back)
+    stages.json          one summary per finished stage (base, warmup, prm)
+    metrics.jsonl        one line per iteration (0 = the warm-up policy before any self-evolving step)
+    base/ warmup/ prm/   models, each saved atomically (a temporary directory, then one rename)
+    samples/ prm_data/   append-only sample files (resumable)
+    checkpoints/iter-NNN the newest ``log.keep_checkpoints`` iteration checkpoints
+
+Only rank 0 writes; every method that writes is a no-op on the other ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from mstar_fast.config import LogConfig, RunConfig, config_to_dict, load_config, save_config
+from mstar_fast.data.jsonl import JsonlWriter, iter_jsonl
+from mstar_fast.errors import UserError
+from mstar_fast.train import SFTEngine, StepInfo
+from mstar_fast.train.distributed import World
+
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "STAGES_FILE", "Console", "Loggers", "RunDir", "read_metrics",
+           "save_model_dir"]
+
+log = logging.getLogger("mstar_fast")
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+STAGES_FILE = "stages.json"
+MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json", "model.safetensors.index.json")
+# Config keys a later command on the same run directory may change: where it logs, and on what it runs.
+_FREE = ("run_dir", "log.", "model.device", "model.threads", "model.attn_implementation")
+_PRM_DATA_KEYS = ("prm.n_prompts", "prm.samples", "prm.temperature", "prm.m", "prm.soft")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def save_model_dir(model: PreTrainedModel, source_dir: str | os.PathLike, out_dir: Path) -> Path:
+    """Save ``model`` (``save_pretrained``) plus the processor files of ``source_dir`` (tokenizer, image
+    processor, chat template) to ``out_dir`` atomically: a temporary directory, then one rename."""
+    tmp = out_dir.parent / f".{out_dir.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    src = Path(source_dir)
+    if src.is_dir():
+        for f in src.iterdir():
+            if f.is_file() and f.name not in MODEL_FILES and not f.name.endswith(".safetensors"):
+                shutil.copy2(f, tmp / f.name)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The lines of ``RUN_DIR/metrics.jsonl``."""
+    return list(iter_jsonl(Path(run_dir) / METRICS_FILE))
+
+
+class RunDir:
+    """One run's directory, as seen from one process of ``world``."""
+
+    def __init__(self, path: str | os.PathLike, world: World) -> None:
+        self.path = Path(path)
+        self.world = world
+
+    # ------------------------------------------------------------------ the config
+    def claim(self, cfg: RunConfig, *, resume: bool, stop_after: str | None) -> None:
+        """Make the directory this run's and save ``cfg`` as its ``config.yaml``.
+
+        Raises:
+            UserError: the directory holds a run already and this is a new ``mstar run`` (use
+                ``--resume``); or a stage command (``stop_after``) whose config differs from the saved one
+                in a setting of a stage already done or of the run as a whole (a different run).
+        """
+        if self.world.is_main:
+            saved = self.path / CONFIG_FILE
+            if saved.exists() and not resume and stop_after is None:
+                raise UserError(f"{self.path} already holds a run; resume it with `mstar run --resume {self.path}` "
+                                "or pick another run_dir")
+            if saved.exists() and stop_after is not None:
+                self._check_same_run(load_config(saved), cfg)
+            self.path.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, saved)
+        self.world.barrier()
+
+    def _frozen(self, key: str) -> bool:
+        """Whether ``key`` may no longer change: run-wide settings always, a stage's once its output exists."""
+        if key.startswith(_FREE):
+            return False
+        if key in _PRM_DATA_KEYS:  # what the Monte-Carlo labels were made with
+            return (self.path / "prm_data").exists()
+        if key == "model.prm" or key.startswith("prm."):  # what the PRM was trained from and with
+            return (self.path / "prm").exists()
+        if key.startswith("warmup."):
+            return self.model_complete("warmup")
+        if key.startswith(("iterate.", "temperature.", "monitor.", "train.", "pseudo.")):
+            return (self.path / "checkpoints").exists()
+        return True  # seed, data, model, rollout: every stage depends on them
+
+    def _check_same_run(self, saved: RunConfig, cfg: RunConfig) -> None:
+        old, new = _flat(config_to_dict(saved)), _flat(config_to_dict(cfg))
+        for key in new:
+            if old.get(key) != new[key] and self._frozen(key):
+                raise UserError(f"{self.path} holds a different run: its config.yaml has {key}={old.get(key)!r}, "
+                                f"this one {new[key]!r}; use another run_dir, or continue that run with "
+                                f"`mstar run --resume {self.path}`")
+
+    # ------------------------------------------------------------------ stages and models
+    def stages(self) -> dict[str, Any]:
+        """``stages.json``: one summary per finished stage."""
+        p = self.path / STAGES_FILE
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    def write_stage(self, name: str, info: dict[str, Any]) -> None:
+        if self.world.is_main:
+            stages = self.stages()
+            stages[name] = info
+            _atomic_text(self.path / STAGES_FILE, json.dumps(stages, indent=1) + "\n")
+
+    def model_complete(self, name: str) -> bool:
+        d = self.path / name
+        return (d / "config.json").is_file() and any(d.glob("*.safetensors"))
+
+    def save_model(self, model: PreTrainedModel, source_dir: str | os.PathLike, name: str) -> Path:
+        out = self.path / name
+        if self.world.is_main:
+            save_model_dir(model, source_dir, out)
+        return out
+
+    # ------------------------------------------------------------------ metrics
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        if self.world.is_main:
+            with JsonlWriter(self.path / METRICS_FILE) as w:
+                w.write(row)
+
+    def truncate_metrics(self, last_iteration: int) -> None:
+        """Drop metrics lines after the checkpointed iteration (written before a kill that came before the
+        checkpoint), so a resumed run writes each iteration's line exactly once."""
+        p = self.path / METRICS_FILE
+        if not self.world.is_main or not p.is_file():
+            return
+        rows = [r for r in iter_jsonl(p, errors="skip") if int(r.get("iteration", -1)) <= last_iteration]
+        _atomic_text(p, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every rank gets rank 0's metrics rows."""
+        return self.world.broadcast(read_metrics(self.path) if self.world.is_main else [])
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def prune_checkpoints(self, keep: int) -> None:
+        """Keep the newest ``keep`` iteration checkpoints."""
+        if self.world.is_main:
+            old = sorted(p for p in self.checkpoints.iterdir() if p.name.startswith("iter-"))
+            for p in old[:-keep]:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+#: Called by the trainer after every optimizer step.
+OnStep = Callable[[SFTEngine, StepInfo], None]
+
+
+class Console:
+    """What rank 0 prints: stage summaries and training progress bars."""
+
+    def __init__(self, world: World, progress: bool) -> None:
+        self.world = world
+        self.progress = progress
+
+    def say(self, text: str) -> None:
+        if self.world.is_main:
+            print(text, flush=True)
+
+    def train_bar(self, total: int, desc: str) -> tuple[Callable[[], None], OnStep | None]:
+        """A tqdm bar over optimizer steps, opened at the first step (so it does not sit above a sampling
+        bar). Returns ``(close, on_step)``; ``on_step`` is None when no bar is shown."""
+        if not self.progress or not self.world.is_main or total <= 0:
+            return lambda: None, None
+        box: list[Any] = []
+
+        def on_step(engine: SFTEngine, info: StepInfo) -> None:
+            if not box:
+                box.append(tqdm(total=info.call_steps, desc=desc, unit="step", leave=False))
+            box[0].update(1)
+            box[0].set_postfix(loss=f"{info.loss:.3f}")
+
+        return lambda: box[0].close() if box else None, on_step
+
+
+class Loggers:
+    """TensorBoard (when installed and enabled) and W&B (when enabled) scalars, rank 0 only."""
+
+    def __init__(self, log: LogConfig, cfg: RunConfig, run: RunDir) -> None:
+        self.tb = self.wandb = None
+        if not run.world.is_main:
+            return
+        if log.tensorboard:
+            try:  # optional dependency: tensorboard
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run.path / "tensorboard"))
+            except ImportError:
+                log.info("mstar_fast: tensorboard is not installed; scalars go to metrics.jsonl only")
+        if log.wandb:
+            try:  # optional dependency: wandb
+                import wandb
+            except ImportError as e:
+                raise UserError("log.wandb is true but wandb is not installed (pip install wandb)") from e
+            self.wandb = wandb.init(project=log.wandb_project, dir=str(run.path), name=run.path.name,
+                                    config=config_to_dict(cfg), resume="allow")
+
+    def log(self, row: dict[str, Any]) -> None:
+        step = int(row.get("iteration", 0))
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and math.isfinite(float(v))}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -1,0 +1,71 @@
+"""``mstar``: a problem the user can fix ends with one line on stderr and exit status 2, not a traceback
+(a CUDA device on a machine without one, a missing model path, a run directory that cannot be written, a
+full disk, a stage command on a directory holding a different run)."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+import torch
+
+from mstar_fast import cli
+from mstar_fast.config import load_config, save_config
+from mstar_fast.recipe import run_dir as run_dir_module
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+SMALL = ["data.n_train=8", "data.n_val=4", "data.n_test=4", "log.progress=false", "log.tensorboard=false"]
+
+
+def one_line_error(capsys, rc: int) -> str:
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cuda_device_without_a_gpu(tmp_path, capsys):
+    rc = cli.main(["warmup", CONFIG, f"run_dir={tmp_path / 'r'}", "model.device=cuda", *SMALL])
+    assert "model.device='cuda'" in one_line_error(capsys, rc)
+    rc = cli.main(["eval", str(tmp_path), "synthetic:test:1", "--device", "cuda", "--no-progress"])
+    assert "--device='cuda'" in one_line_error(capsys, rc)
+
+
+def test_missing_model_path(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    rc = cli.main(["warmup", CONFIG, f"run_dir={tmp_path / 'r'}", f"model.policy={missing}", *SMALL])
+    assert f"model path {missing} does not exist" in one_line_error(capsys, rc)
+
+
+def test_run_dir_that_cannot_be_created(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    rc = cli.main(["warmup", CONFIG, f"run_dir={blocker / 'run'}", *SMALL])
+    assert str(blocker) in one_line_error(capsys, rc)
+
+
+def test_read_only_run_dir_and_full_disk(tmp_path, capsys, monkeypatch):
+    def refuse(code: int, text: str):
+        def save(cfg, path):
+            raise OSError(code, text, str(path))
+        return save
+
+    monkeypatch.setattr(run_dir_module, "save_config", refuse(errno.EACCES, "Permission denied"))
+    rc = cli.main(["warmup", CONFIG, f"run_dir={tmp_path / 'r'}", *SMALL])
+    assert "Permission denied" in one_line_error(capsys, rc)
+    monkeypatch.setattr(run_dir_module, "save_config", refuse(errno.ENOSPC, "No space left on device"))
+    rc = cli.main(["warmup", CONFIG, f"run_dir={tmp_path / 'r'}", *SMALL])
+    err = one_line_error(capsys, rc)
+    assert "No space left on device" in err and "config.yaml" in err
+
+
+@pytest.mark.parametrize("command", ["warmup", "prm-data", "prm-train"])
+def test_stage_command_refuses_a_different_run(tmp_path, capsys, command):
+    d = tmp_path / "r"
+    save_config(load_config(CONFIG, [f"run_dir={d}", "seed=1", *SMALL]), d / "config.yaml")
+    before = (d / "config.yaml").read_text()
+    rc = cli.main([command, CONFIG, f"run_dir={d}", *SMALL])
+    assert "holds a different run" in one_line_error(capsys, rc)
+    assert (d / "config.yaml").read_text() == before  # not overwritten
