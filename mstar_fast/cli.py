@@ -24,6 +24,7 @@ from mstar_fast.evaluate import register_cli
 from mstar_fast.recipe.loop import resume, run
 from mstar_fast.recipe.plot import plot_run
 from mstar_fast.recipe.sample import sample_model_to_file
+from mstar_fast.run_lock import RunDirLockedError
 
 __all__ = ["main"]
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ValueError, FileNotFoundError) as e:  # UserError is a ValueError
+    except (ValueError, FileNotFoundError, RunDirLockedError) as e:  # UserError is a ValueError
         print(f"mstar {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a read-only run directory, a full disk (ENOSPC), a model the hub cannot serve

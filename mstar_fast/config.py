@@ -24,7 +24,14 @@ from typing import Any, Union
 
 import yaml
 
-from mstar_fast.constants import PAPER_TEMPERATURE_GRID, PRM_HEADS, SELECTIONS, TEMPERATURE_CRITERIA, TRAIN_MODES
+from mstar_fast.constants import (
+    PAPER_TEMPERATURE_GRID,
+    PRM_HEADS,
+    ROLLOUT_BACKENDS,
+    SELECTIONS,
+    TEMPERATURE_CRITERIA,
+    TRAIN_MODES,
+)
 
 __all__ = [
     "ModelConfig",
@@ -584,11 +591,9 @@ def _check_ranges(cfg: Any) -> None:
                 raise ValueError(f"config: {key} must not repeat a value, got {value!r}")
         elif not rule.fits(value):
             raise ValueError(f"config: {key} must be {rule.describe()}, got {value!r}")
-    from mstar_fast.rollout.engine import BACKENDS  # here: the rollout package is heavy to import
-
     # The other choices fail within seconds (the engine is built first); the backend only at the first sampling.
-    if cfg.rollout.backend not in BACKENDS:
-        raise ValueError(f"config: rollout.backend must be one of {BACKENDS}, got {cfg.rollout.backend!r}")
+    if cfg.rollout.backend not in ROLLOUT_BACKENDS:
+        raise ValueError(f"config: rollout.backend must be one of {ROLLOUT_BACKENDS}, got {cfg.rollout.backend!r}")
 
 
 # ---------------------------------------------------------------------------------------- conversion

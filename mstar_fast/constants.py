@@ -28,6 +28,8 @@ TRAIN_MODES: tuple[str, ...] = ("continuous", "iterative_rft", "rest_em")
 PARALLEL: tuple[str, ...] = ("auto", "none", "ddp", "fsdp")
 #: Stages ``mstar warmup|prm-data|prm-train`` stop after (``recipe.loop.run(stop_after=...)``).
 STOP_AFTER: tuple[str, ...] = ("base", "warmup", "prm-data", "prm")
+#: Rollout backends (:class:`mstar_fast.rollout.RolloutEngine`): the built-in prefix-sharing engine, vLLM.
+ROLLOUT_BACKENDS: tuple[str, ...] = ("hf", "vllm")
 #: Reward-Pass@k's k: the recipe keeps the top 2 responses per prompt.
 REWARD_K = 2
 

@@ -5,6 +5,8 @@ full disk, a stage command on a directory holding a different run)."""
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,22 @@ def test_stage_command_refuses_a_different_run(tmp_path, capsys, command):
     rc = cli.main([command, CONFIG, f"run_dir={d}", *SMALL])
     assert "holds a different run" in one_line_error(capsys, rc)
     assert (d / "config.yaml").read_text() == before  # not overwritten
+
+
+def test_a_second_writer_of_a_run_dir_is_refused_with_the_holders_pid(tmp_path, capsys):
+    """``mstar run`` and the stage commands hold the run directory's lock: while another process holds it,
+    a command on the same directory fails at once, names that pid, and writes nothing there."""
+    run = tmp_path / "r"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom mstar_fast.run_lock import lock_run_dir\n"
+         f"with lock_run_dir({str(run)!r}, command='test holder'):\n    print('held', flush=True)\n    time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = cli.main(["warmup", CONFIG, f"run_dir={run}", *SMALL])
+        err = one_line_error(capsys, rc)
+        assert f"pid {holder.pid}" in err, err
+        assert not (run / "config.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()

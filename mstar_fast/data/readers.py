@@ -53,6 +53,7 @@ from collections.abc import Iterable, Iterator
 
 from mstar_fast.data.images import ImageError, check_image
 from mstar_fast.data.records import Prompt
+from mstar_fast.rewards.extract import extract_answer
 
 __all__ = ["BadRow", "LoadReport", "load_prompts", "MATHVISTA_TASKS", "parse_choices_from_question"]
 
@@ -320,8 +321,6 @@ def _row_mathv360k(row: dict[str, Any]) -> dict[str, Any]:
     question = _IMAGE_TOKEN.sub("", q).strip()
     answer = None
     if isinstance(a, str) and a.strip():
-        from mstar_fast.rewards.extract import extract_answer
-
         answer = extract_answer(a) or a.strip()
     choices = parse_choices_from_question(question)
     meta = {k: v for k, v in row.items() if k not in ("id", "image", "images", "conversations")}

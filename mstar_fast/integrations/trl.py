@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mstar_fast.data.records import Prompt
+from mstar_fast.models.prompting import encode_prompt, format_prompt
 from mstar_fast.rewards import answers_match, extract_answer
 
 RewardFunc = Callable[..., list]
@@ -271,8 +272,6 @@ def rollout_func(engine: Any, *, seed: int | None = None, check_template: bool =
         a single user turn (plain strings are used as the question), the rendering differs from the
         trainer's, or a prompt failed in the engine (the message says why).
     """
-    from mstar_fast.models.prompting import encode_prompt, format_prompt
-
     def rollout(prompts: list, trainer: Any) -> dict[str, Any]:
         unwrap = getattr(getattr(trainer, "accelerator", None), "unwrap_model", lambda m: m)
         if unwrap(trainer.model) is not engine.model:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mstar_fast.data.images import ImageError, load_image
 from mstar_fast.data.records import Prompt
 
 # Used when neither processor nor tokenizer has a chat template; {images} is one image token per image.
@@ -40,8 +41,6 @@ def load_images(images: Sequence[Any]) -> list[Any]:
     Raises:
         PromptError: naming the image that cannot be opened.
     """
-    from mstar_fast.data.images import ImageError, load_image
-
     out = []
     for i, im in enumerate(images):
         try:

@@ -117,7 +117,7 @@ def response_prefix(steps: Sequence[str], j: int, separator: str = "\n\n") -> st
 
 def default_reward(text: str, prompt: Prompt) -> bool:
     """The outcome reward: the final answer extracted from ``text`` matches ``prompt``'s gold answer."""
-    return check_answer(extract_answer(text), prompt)
+    return check_answer(extract_answer(text, choices=prompt.choices), prompt)
 
 
 def _prefix_id(prompt_id: str, prefix: str) -> str:

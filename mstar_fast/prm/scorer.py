@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from mstar_fast import ops
+from mstar_fast.data.images import load_image
 from mstar_fast.data.records import Prompt, Sample
 
 # Contexts in which the step tag must stay one token (checked at construction).
@@ -74,8 +75,6 @@ def _pieces(tokenizer: Any, ids: list[int]) -> list[str]:
 
 
 def _load_image(image: Any) -> Any:
-    from mstar_fast.data.images import load_image
-
     return load_image(image)
 
 

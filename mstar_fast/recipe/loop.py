@@ -178,33 +178,35 @@ def run(cfg: RunConfig, resume: bool = False, stop_after: str | None = None) -> 
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
     ctx = RunContext.create(cfg, world, device)
-    ctx.run.claim(cfg, resume=resume, stop_after=stop_after)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+    with ctx.run.locked():  # one writer per run directory: a second command fails with the holder's pid
+        ctx.run.claim(cfg, resume=resume, stop_after=stop_after)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
 
-    # 1. data and base policy ----------------------------------------------------------------------------
-    data = load_data(cfg.data, cfg.iterate.shuffle_prompts, cfg.seed)
-    ctx.console.say(f"run {ctx.run.path}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
-                    f"prompts, {world.size} process(es), device {device}")
-    base_path = cfg.model.policy
-    if base_path in BASE_POLICIES:  # a named base policy (the demo's tiny VLM) is built into the run directory
-        base_path = resolve(BASE_POLICIES[base_path])(cfg, ctx, data)
-    if stop_after == "base":
-        return []
+        # 1. data and base policy ----------------------------------------------------------------------------
+        data = load_data(cfg.data, cfg.iterate.shuffle_prompts, cfg.seed)
+        ctx.console.say(f"run {ctx.run.path}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
+                        f"prompts, {world.size} process(es), device {device}")
+        base_path = cfg.model.policy
+        if base_path in BASE_POLICIES:  # a named base policy (the demo's tiny VLM) is built into the run directory
+            base_path = resolve(BASE_POLICIES[base_path])(cfg, ctx, data)
+        if stop_after == "base":
+            return []
 
-    # 2. warm-up -------------------------------------------------------------------------------------------
-    warm_path = warmup_stage(cfg.warmup, ctx, data, base_path, cfg.monitor.max_new_tokens or cfg.rollout.max_new_tokens)
-    if stop_after == "warmup":
-        return []
+        # 2. warm-up -------------------------------------------------------------------------------------------
+        max_tokens = cfg.monitor.max_new_tokens or cfg.rollout.max_new_tokens
+        warm_path = warmup_stage(cfg.warmup, ctx, data, base_path, max_tokens)
+        if stop_after == "warmup":
+            return []
 
-    # 3. PRM: Monte-Carlo step labels, then training (fixed afterwards) --------------------------------------
-    scorer = prm_stage(cfg.prm, ctx, data, warm_path, cfg.model.prm, data_only=stop_after == "prm-data")
-    if stop_after in ("prm-data", "prm"):
-        return []
+        # 3. PRM: Monte-Carlo step labels, then training (fixed afterwards) --------------------------------------
+        scorer = prm_stage(cfg.prm, ctx, data, warm_path, cfg.model.prm, data_only=stop_after == "prm-data")
+        if stop_after in ("prm-data", "prm"):
+            return []
 
-    # 4. self-evolving iterations --------------------------------------------------------------------------
-    self_evolve(cfg, ctx, data, warm_path, scorer, t_start)
-    return ctx.run.metrics()
+        # 4. self-evolving iterations --------------------------------------------------------------------------
+        self_evolve(cfg, ctx, data, warm_path, scorer, t_start)
+        return ctx.run.metrics()
 
 
 def resume(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

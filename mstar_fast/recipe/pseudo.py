@@ -31,7 +31,8 @@ def pseudo_label(samples: Sequence[Sample], prompt: Prompt, weighted: bool = Tru
                  min_agreement: float = 0.5) -> str | None:
     """The vote winner among ``samples``' extracted answers (weights: PRM scores when ``weighted``,
     NaN/None as 0), or None when no answer holds ``min_agreement`` of the total weight."""
-    answers = [s.extracted if s.extracted is not None else extract_answer(s.text) for s in samples]
+    answers = [s.extracted if s.extracted is not None else extract_answer(s.text, choices=prompt.choices)
+               for s in samples]
     if weighted:
         weights = [0.0 if s.score is None or math.isnan(s.score) else float(s.score) for s in samples]
     else:
@@ -56,10 +57,11 @@ def pseudo_labeled_samples(iteration: int, unlabeled: Sequence[Prompt], ps: Pseu
         meta["pseudo_label"] = True)``.
     """
     weighted, min_agreement = ps.weighted, ps.min_agreement
+    by_id = {p.id: p for p in unlabeled}
 
     def score(out: list[Sample]) -> None:
         for s in out:
-            s.extracted = extract_answer(s.text)
+            s.extracted = extract_answer(s.text, choices=by_id[s.prompt_id].choices)
         if scorer is not None and weighted:
             scorer(out, prompts=list(unlabeled))
 
@@ -67,7 +69,6 @@ def pseudo_labeled_samples(iteration: int, unlabeled: Sequence[Prompt], ps: Pseu
                              temperature=temperature, max_new_tokens=max_new_tokens,
                              seed=iteration_seed(seed, iteration) + 1, transform=score, progress=progress,
                              desc=f"iteration {iteration}: unlabeled", world=world)
-    by_id = {p.id: p for p in unlabeled}
     labeled: list[Prompt] = []
     kept: list[Sample] = []
     for pid, group in group_by_prompt(samples).items():

@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from transformers import PreTrainedModel
 from mstar_fast.config import LogConfig, RunConfig, config_to_dict, load_config, save_config
 from mstar_fast.data.jsonl import JsonlWriter, iter_jsonl
 from mstar_fast.errors import UserError
+from mstar_fast.run_lock import lock_run_dir
 from mstar_fast.train import SFTEngine, StepInfo
 from mstar_fast.train.distributed import World
 
@@ -92,6 +94,11 @@ class RunDir:
     def __init__(self, path: str | os.PathLike, world: World) -> None:
         self.path = Path(path)
         self.world = world
+
+    def locked(self) -> AbstractContextManager[object]:
+        """The run directory's exclusive lock (:func:`mstar_fast.run_lock.lock_run_dir`) on the main process,
+        for as long as a command writes it: a second writer fails at once with the holder's pid."""
+        return lock_run_dir(self.path) if self.world.is_main else nullcontext()
 
     # ------------------------------------------------------------------ the config
     def claim(self, cfg: RunConfig, *, resume: bool, stop_after: str | None) -> None:

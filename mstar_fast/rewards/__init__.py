@@ -1,5 +1,7 @@
 """Rewards: final-answer extraction, answer matching, grading of sampled responses (the binary outcome reward) and majority / weighted
-vote for pseudo-labels. Pure Python; ``math_verify`` is used for symbolic equivalence when installed."""
+vote for pseudo-labels. Extraction and
+the option-letter rules are plain Python; symbolic equivalence is ``math-verify`` (a core dependency).
+The rules, in order, with examples: docs/answers.md."""
 
 from mstar_fast.rewards.extract import extract_answer
 from mstar_fast.rewards.grade import grade_samples

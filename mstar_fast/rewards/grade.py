@@ -32,7 +32,7 @@ def grade_samples(samples: Sequence[Sample], prompts: Sequence[Prompt] | Mapping
         if s.finish_reason == "error":
             s.extracted, s.correct = None, False
         else:
-            s.extracted = extract_answer(s.text)
+            s.extracted = extract_answer(s.text, choices=p.choices)  # no last-number guess on options
             s.correct = bool(check_answer(s.extracted, p))
         out.append(s.correct)
     return out

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from mstar_fast.constants import ROLLOUT_BACKENDS
 from mstar_fast.data.records import Prompt, Sample
 from mstar_fast.models.prompting import PLAIN_TEMPLATE, get_tokenizer
 from mstar_fast.rollout import kv, shared_prefix
@@ -34,7 +35,7 @@ from mstar_fast.rollout.scheduler import Run
 from mstar_fast.rollout.stopping import normalize_stop
 from mstar_fast.rollout.vllm_engine import VLLMRolloutEngine
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ROLLOUT_BACKENDS
 
 
 def _context_length(model: Any) -> int | None:
