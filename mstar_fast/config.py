@@ -7,7 +7,7 @@ and checked against the field's type, and an unknown key or a value of the wrong
 ``ValueError`` naming the key. The resolved config (defaults + file + overrides) is saved as
 ``RUN_DIR/config.yaml`` so a run can be resumed (``mstar run --resume RUN_DIR``) and reproduced.
 
-Defaults are the paper's final recipe (PAPER.md): continuous self-evolving training, interval 25%, K=16,
+Defaults are the paper's final recipe (docs/recipe.md): continuous self-evolving training, interval 25%, K=16,
 top-2 by PRM among correct responses, adaptive temperature by validation Reward-Pass@2 every 2 iterations
 over 0.3..1.6, LR 1e-6 constant, global batch 128. Fields the paper is silent on are marked "(ours)".
 """
@@ -162,7 +162,7 @@ class RolloutConfig:
 
 @dataclass
 class WarmupConfig:
-    """Warm-up (PAPER.md): sample CoT with the gold answer in the prompt, keep responses whose final answer
+    """Warm-up (docs/recipe.md): sample CoT with the gold answer in the prompt, keep responses whose final answer
     matches, SFT on them without the answer in the prompt.
 
     Attributes:
@@ -290,7 +290,7 @@ class MonitorConfig:
 
 @dataclass
 class PseudoConfig:
-    """Unlabeled prompts with (PRM-)weighted-vote pseudo-labels (PAPER.md Table 3; off in the final recipe).
+    """Unlabeled prompts with (PRM-)weighted-vote pseudo-labels (docs/recipe.md Table 3; off in the final recipe).
 
     Attributes:
         enabled: mix pseudo-labeled prompts in.

@@ -1,6 +1,6 @@
 """Append-only JSON-lines files that survive ``kill -9``.
 
-Every stage writes one line per record (DESIGN.md "Records and files") and a restarted stage skips what
+Every stage writes one line per record (docs/recipe.md, "What is ours beyond the paper") and a restarted stage skips what
 is already written. The rule that makes this safe: **only newline-terminated lines exist**.
 
 * :class:`JsonlWriter` writes each record as one ``write`` of ``json + "\\n"`` and flushes it (``fsync``

@@ -15,7 +15,7 @@ family                category  questions (level 1 / 2 / 3)
 ====================  ========  ===========================================================================
 
 No text is drawn (colours, lengths and hand angles carry the information), so no font is needed.
-Each prompt carries its gold chain of thought in the PAPER.md format (``meta["cot"]``: steps separated by
+Each prompt carries its gold chain of thought in the docs/recipe.md format (``meta["cot"]``: steps separated by
 a blank line, then ``# Answer\\n\\n<answer>``), the ``scene`` it was drawn from and the question ``spec``,
 so :func:`solve` recomputes the answer from the scene alone.
 
@@ -106,7 +106,7 @@ class SyntheticConfig:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def format_cot(steps: Sequence[str], answer: str) -> str:
-    """The PAPER.md output format: steps separated by a blank line, then ``# Answer\\n\\n<answer>``."""
+    """The docs/recipe.md output format: steps separated by a blank line, then ``# Answer\\n\\n<answer>``."""
     return "\n\n".join(steps) + "\n\n# Answer\n\n" + answer
 
 

@@ -1,4 +1,4 @@
-"""PRM training data: Monte-Carlo step labels (PAPER.md "Reward model").
+"""PRM training data: Monte-Carlo step labels (docs/recipe.md "Reward model").
 
 For every response of the warm-up policy, split into steps with :func:`mstar_fast.prm.split_steps` (the
 splitter the PRM scorer uses, so labels land on the steps the PRM will score), the label of step ``j``

@@ -1,4 +1,4 @@
-"""Train the process reward model (PRM) on Monte-Carlo step labels (PAPER.md "Reward model").
+"""Train the process reward model (PRM) on Monte-Carlo step labels (docs/recipe.md "Reward model").
 
 The PRM starts as a **copy** of the given model (the warm-up policy; the policy itself is never touched)
 and learns, at a step tag placed after every step, P(good step):

@@ -1,4 +1,4 @@
-"""One self-evolving iteration (DESIGN.md "One iteration, as data flows"):
+"""One self-evolving iteration (docs/recipe.md, "The loop"):
 
     next chunk of prompts -> K samples at temperature T (append-only ``samples/iter-NNN.jsonl``)
     -> answer reward -> de-duplicate -> PRM scores of the distinct correct responses (min over steps)

@@ -1,4 +1,4 @@
-"""Validation monitor: the training dynamics of PAPER.md ("Dynamics and the automatic temperature").
+"""Validation monitor: the training dynamics of docs/recipe.md ("Dynamics and the automatic temperature").
 
 On a held-out labeled set (the paper: 250 prompts), with K samples per prompt at each temperature asked for:
 
@@ -128,7 +128,7 @@ class ValidationReport:
         return self.metric("pass_at_k_minus_greedy")  # type: ignore[return-value]
 
     def metrics_row(self, temperature: float) -> dict[str, float | None]:
-        """The ``metrics.jsonl`` fields (DESIGN.md) at the temperature the policy samples at:
+        """The ``metrics.jsonl`` fields (README, "The recipe on your model and data") at the temperature the policy samples at:
         ``val_greedy_acc``, ``val_pass_at_k``, ``val_reward_pass_at_2``, plus ``val_pass_at_k_minus_greedy``
         and ``val_sample_acc``."""
         m = self.at(temperature)

@@ -1,4 +1,4 @@
-"""Unlabeled prompts with (PRM-)weighted-vote pseudo-labels (PAPER.md "Prompt variation", Table 3).
+"""Unlabeled prompts with (PRM-)weighted-vote pseudo-labels (docs/recipe.md "Prompt variation", Table 3).
 
 The paper found they did not help, so the final recipe (and the default config) leaves them off
 (``pseudo.enabled: false``). When on, from iteration ``pseudo.start_iteration`` each iteration also samples

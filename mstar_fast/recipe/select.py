@@ -1,4 +1,4 @@
-"""Which sampled responses an iteration trains on (PAPER.md "Reward model", Table 2).
+"""Which sampled responses an iteration trains on (docs/recipe.md "Reward model", Table 2).
 
 Per prompt, after the binary answer reward:
 

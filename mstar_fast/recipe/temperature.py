@@ -1,4 +1,4 @@
-"""Automatic temperature (PAPER.md, "Dynamics and the automatic temperature").
+"""Automatic temperature (docs/recipe.md, "Dynamics and the automatic temperature").
 
 Pass@K decays while self-evolving training runs (exploration collapses). M-STaR's fix: every ``adapt_every``
 (2) iterations, set the sampling temperature T to the argmax, over the grid {0.3, 0.4, ..., 1.6}, of the

@@ -1,4 +1,4 @@
-"""Warm-up (PAPER.md "Warm-up"): teach the base model the step-by-step output format with its own words.
+"""Warm-up (docs/recipe.md "Warm-up"): teach the base model the step-by-step output format with its own words.
 
 The base model is prompted with (image, question, **gold answer**) plus an instruction to reason step by
 step and end with the answer; responses whose final answer matches are kept (de-duplicated, at most

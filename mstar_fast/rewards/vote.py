@@ -1,4 +1,4 @@
-"""Majority and weighted vote over the answers sampled for one prompt (pseudo-labels, PAPER.md "Prompt
+"""Majority and weighted vote over the answers sampled for one prompt (pseudo-labels, docs/recipe.md "Prompt
 variation"; majority-vote accuracy at evaluation).
 
 Answers are grouped by *equivalence*, not string identity: ``"0.5"``, ``"1/2"`` and ``"\\frac{1}{2}"``

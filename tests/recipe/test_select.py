@@ -1,4 +1,4 @@
-"""Selection and de-duplication on hand-made samples (PAPER.md Table 2 rules, plus ours: dedupe first,
+"""Selection and de-duplication on hand-made samples (docs/recipe.md Table 2 rules, plus ours: dedupe first,
 fewer than k correct keeps all, none -> dropped)."""
 
 from __future__ import annotations

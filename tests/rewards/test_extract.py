@@ -5,7 +5,7 @@ import pytest
 from mstar_fast.rewards import extract_answer
 
 MARKER_CASES = [
-    # the PAPER.md format
+    # the docs/recipe.md format
     ("Step one.\n\nStep two.\n\n# Answer\n\n12", "12"),
     ("# Answer\n\nB", "B"),
     # the LAST marker wins
