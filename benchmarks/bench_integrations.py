@@ -35,7 +35,8 @@ SFT_V, SFT_BATCH, SFT_LEN = 151936, 4, 512
 ROWS: list[dict] = []
 
 
-def _grpo_step_times(tmp_path, use_rollout_func: bool, steps: int) -> tuple[list[float], list[float], float]:
+def _grpo_step_times(tmp_path, use_rollout_func: bool, steps: int, prompts: int = PROMPTS, generations: int = GENERATIONS,
+                     new_tokens: int = NEW_TOKENS) -> tuple[list[float], list[float], float]:
     from datasets import Dataset
     from PIL import Image
     from transformers import TrainerCallback
@@ -50,13 +51,14 @@ def _grpo_step_times(tmp_path, use_rollout_func: bool, steps: int) -> tuple[list
     model, processor = load_policy(path)
     g = torch.Generator().manual_seed(0)
     images = [Image.fromarray(torch.randint(0, 256, (128, 128, 3), generator=g, dtype=torch.uint8).numpy())
-              for _ in range(PROMPTS * steps)]
+              for _ in range(prompts * steps)]
     ds = Dataset.from_dict({
         "prompt": [[{"role": "user", "content": f"What is the value of x in figure {i}? Reason step by step."}]
                    for i in range(len(images))],
         "image": images, "answer": [str(i) for i in range(len(images))]})
-    args = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, per_device_train_batch_size=PROMPTS * GENERATIONS,
-                      num_generations=GENERATIONS, max_completion_length=NEW_TOKENS, max_steps=steps, report_to=[],
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False,
+                      per_device_train_batch_size=prompts * generations,
+                      num_generations=generations, max_completion_length=new_tokens, max_steps=steps, report_to=[],
                       save_strategy="no", logging_steps=1, learning_rate=1e-5, seed=0, temperature=1.0,
                       dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=False)
     times: list[float] = []
@@ -93,7 +95,9 @@ def test_grpo_step(benchmark, request, tmp_path, impl):
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     smoke = bool(request.config.getoption("benchmark_disable", False))
     result = []
-    benchmark.pedantic(lambda: result.append(_grpo_step_times(tmp_path, impl == "rollout_func", 1 if smoke else 3)),
+    # smoke (--benchmark-disable): one small step, to check that the body runs
+    sizes = dict(steps=1, prompts=2, generations=2, new_tokens=8) if smoke else dict(steps=3)
+    benchmark.pedantic(lambda: result.append(_grpo_step_times(tmp_path, impl == "rollout_func", **sizes)),
                        rounds=1, iterations=1)
     if smoke:
         return
