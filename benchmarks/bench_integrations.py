@@ -35,7 +35,8 @@ SFT_V, SFT_BATCH, SFT_LEN = 151936, 4, 512
 ROWS: list[dict] = []
 
 
-def _grpo_step_times(tmp_path, use_rollout_func: bool, steps: int) -> tuple[list[float], float]:
+def _grpo_step_times(tmp_path, use_rollout_func: bool, steps: int, prompts: int = PROMPTS, generations: int = GENERATIONS,
+                     new_tokens: int = NEW_TOKENS) -> tuple[list[float], list[float], float]:
     from datasets import Dataset
     from PIL import Image
     from transformers import TrainerCallback
@@ -51,13 +52,14 @@ def _grpo_step_times(tmp_path, use_rollout_func: bool, steps: int) -> tuple[list
     model, processor = load_policy(path)
     g = torch.Generator().manual_seed(0)
     images = [Image.fromarray(torch.randint(0, 256, (128, 128, 3), generator=g, dtype=torch.uint8).numpy())
-              for _ in range(PROMPTS * steps)]
+              for _ in range(prompts * steps)]
     ds = Dataset.from_dict({
         "prompt": [[{"role": "user", "content": f"What is the value of x in figure {i}? Reason step by step."}]
                    for i in range(len(images))],
         "image": images, "answer": [str(i) for i in range(len(images))]})
-    args = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, per_device_train_batch_size=PROMPTS * GENERATIONS,
-                      num_generations=GENERATIONS, max_completion_length=NEW_TOKENS, max_steps=steps, report_to=[],
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False,
+                      per_device_train_batch_size=prompts * generations,
+                      num_generations=generations, max_completion_length=new_tokens, max_steps=steps, report_to=[],
                       save_strategy="no", logging_steps=1, learning_rate=1e-5, seed=0, temperature=1.0,
                       dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=False)
     times: list[float] = []
@@ -72,9 +74,20 @@ def _grpo_step_times(tmp_path, use_rollout_func: bool, steps: int) -> tuple[list
     extra = {"rollout_func": rollout_func(RolloutEngine(model, processor, progress=False))} if use_rollout_func else {}
     trainer = GRPOTrainer(model=model, processing_class=processor, args=args, train_dataset=ds,
                           reward_funcs=[outcome_reward()], callbacks=[Timer()], **extra)
+    gen_times: list[float] = []
+    inner = trainer._generate  # both paths (rollout_func and TRL's generation) go through it
+
+    def timed_generate(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return inner(*a, **k)
+        finally:
+            gen_times.append(time.perf_counter() - t0)
+
+    trainer._generate = timed_generate
     trainer.train()
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
-    return times, statistics.mean(lengths)
+    return times, gen_times, statistics.mean(lengths)
 
 
 @pytest.mark.parametrize("impl", ["rollout_func", "trl_generate"])
@@ -83,18 +96,21 @@ def test_grpo_step(benchmark, request, tmp_path, impl):
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     smoke = bool(request.config.getoption("benchmark_disable", False))
     result = []
-    benchmark.pedantic(lambda: result.append(_grpo_step_times(tmp_path, impl == "rollout_func", 1 if smoke else 4)),
+    # smoke (--benchmark-disable): one small step, to check that the body runs
+    sizes = dict(steps=1, prompts=2, generations=2, new_tokens=8) if smoke else dict(steps=3)
+    benchmark.pedantic(lambda: result.append(_grpo_step_times(tmp_path, impl == "rollout_func", **sizes)),
                        rounds=1, iterations=1)
     if smoke:
         return
-    times, mean_len = result[0]
-    row = dict(case="grpo_step", impl=impl, median_s=statistics.median(times[1:]), mean_completion_tokens=mean_len,
-               steps=len(times) - 1)
+    times, gen_times, mean_len = result[0]
+    row = dict(case="grpo_step", impl=impl, median_s=statistics.median(times[1:]),
+               generation_s=statistics.median(gen_times[1:]), mean_completion_tokens=mean_len, steps=len(times) - 1)
     base = next((r for r in ROWS if r["case"] == "grpo_step" and r["impl"] != impl), None)
     ROWS.append(row)
     if base is not None:
         ours, theirs = (row, base) if impl == "rollout_func" else (base, row)
         ours["speedup"] = theirs["median_s"] / ours["median_s"]
+        ours["generation_speedup"] = theirs["generation_s"] / ours["generation_s"]
 
 
 # ---------------------------------------------------------------------------------------------- SFT memory
@@ -184,12 +200,13 @@ def _write(request):
 
         import trl
 
-        columns = ["case", "impl", "median_s", "speedup", "mean_completion_tokens", "steps", "peak_mib",
+        columns = ["case", "impl", "median_s", "speedup", "generation_s", "generation_speedup", "mean_completion_tokens", "steps", "peak_mib",
                    "memory_vs_model_loss", "seconds", "first_loss"]
         write_results("bench_integrations", ROWS, columns=columns, notes=(
             f"TRL {trl.__version__}. GRPO: tiny Qwen2-VL (4 layers, hidden 256, vocab 2048, 64 image tokens), "
             f"{PROMPTS} image prompts x {GENERATIONS} completions x {NEW_TOKENS} new tokens per step, temperature 1, "
-            "fp32; step time = median wall time of a whole GRPO step after a warm-up step; `rollout_func` = "
+            "fp32; step time = median wall time of a whole GRPO step after a warm-up step, generation_s = the part of it "
+            "spent in the trainer's _generate (rollout_func or TRL's generation, decoding included); `rollout_func` = "
             "mstar_fast.integrations.trl.rollout_func(RolloutEngine), `trl_generate` = TRL's own generation "
             f"(model.generate over the 64 rows). SFT: Llama, V={SFT_V}, hidden 64, {SFT_BATCH} x {SFT_LEN} tokens "
             "per step, fp32, each config in a fresh process; peak_mib = largest RSS increase during train(); "

@@ -33,7 +33,7 @@ from mstar_fast import ops
 _STATE = "_mstar_fused_ce"
 # Config attributes that make the logits differ from lm_head(hidden): (name, value meaning "no change").
 _LOGIT_TRANSFORMS = (("final_logit_softcapping", None), ("logit_scale", 1.0), ("logits_scaling", 1.0),
-                     ("output_multiplier", 1.0), ("lm_head_multiplier", 1.0), ("attn_logit_softcapping", None))
+                     ("output_multiplier", 1.0), ("lm_head_multiplier", 1.0))
 
 
 class UnsupportedModelError(ValueError):
@@ -50,8 +50,6 @@ def _check_supported(model: Any) -> torch.nn.Module:
     name = type(model).__name__
     cfg = _text_config(model)
     for attr, neutral in _LOGIT_TRANSFORMS:
-        if attr == "attn_logit_softcapping":
-            continue  # inside attention: does not touch the output logits
         v = getattr(cfg, attr, None)
         if v is not None and v != neutral:
             raise UnsupportedModelError(

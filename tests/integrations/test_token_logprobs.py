@@ -55,3 +55,15 @@ def test_fallback_has_no_logprobs(tiny_models):
     s = RolloutEngine(model, processor, use_prefix_sharing=False).generate(
         [Prompt(id="f", question="Hi")], n=2, temperature=1.0, max_new_tokens=4)
     assert all(x.token_logprobs is None and x.token_ids for x in s)
+
+
+def test_suppressed_tokens_are_never_sampled(tiny_models):
+    model, processor = tiny_models("llama")
+    p = Prompt(id="s", question="Say something.")
+    engine = RolloutEngine(model, processor)
+    greedy = engine.generate([p], n=1, temperature=0.0, max_new_tokens=6)[0].token_ids
+    engine.suppress_token_ids = sorted(set(greedy))
+    out = engine.generate([p], n=4, temperature=0.0, max_new_tokens=6)
+    assert all(not set(s.token_ids) & set(greedy) for s in out)
+    hot = engine.generate([p], n=4, temperature=3.0, max_new_tokens=6, seed=3)
+    assert all(not set(s.token_ids) & set(greedy) for s in hot)
