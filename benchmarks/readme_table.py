@@ -77,12 +77,29 @@ def _rollout(d: dict) -> list[str]:
     return out
 
 
+def _integrations(d: dict) -> list[str]:
+    rows = {(r["case"], r["impl"]): r for r in d["rows"]}
+    out = ["| case | mstar_fast | baseline | ratio | target |", "|---|---|---|---|---|"]
+    f, t = rows.get(("grpo_step", "rollout_func")), rows.get(("grpo_step", "trl_generate"))
+    if f and t:
+        out.append(f"| GRPO step, 8 image prompts x 8 completions x 64 tokens | `rollout_func` {_g(f['median_s'])} s "
+                   f"(generation {_g(f['generation_s'])} s) | TRL generation {_g(t['median_s'])} s (generation "
+                   f"{_g(t['generation_s'])} s) | {t['median_s'] / f['median_s']:.2f}x per step, "
+                   f"{t['generation_s'] / f['generation_s']:.2f}x generation | >= 2x per step |")
+    p, m = rows.get(("sft_peak_memory", "patched")), rows.get(("sft_peak_memory", "model_loss"))
+    if p and m:
+        out.append(f"| SFTTrainer peak memory, V=151936 | patched {p['peak_mib']:.0f} MiB | model's own loss "
+                   f"{m['peak_mib']:.0f} MiB | {p['peak_mib'] / m['peak_mib']:.2f}x | <= 0.33x |")
+    return out
+
+
 SECTIONS = [
     ("bench_sample_from_logits", "Sampler, fp32, per call", _sampler),
     ("bench_fused_linear_cross_entropy", "Fused linear cross-entropy, N=4096, H=1024, fp32, forward + backward", _flce),
     ("bench_prm_step_scores", "PRM step scores, 16 x 1024 rows, V=151936", _prm_op),
     ("bench_prm_scorer", "PRM scorer, 16 responses of one prompt, tiny LLaVA", _prm_scorer),
     ("bench_rollout", "Rollout, 16 samples x 64 tokens per prompt, tiny Qwen2-VL", _rollout),
+    ("bench_integrations", "TRL integration, tiny Qwen2-VL", _integrations),
 ]
 
 
