@@ -10,6 +10,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from mstar_fast.demo.tiny import make_tiny_vlm  # noqa: E402
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -29,3 +31,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+#: Dimensions of the tiny models built by ``tiny_dirs`` (one layer, 32 wide: fast to build and run).
+TINY_SMALL = dict(vocab_size=512, hidden_size=32, image_size=32, num_layers=1)
+
+
+class _TinyDirs(dict):
+    """arch -> tiny model directory, built on first use; an arch whose processor needs a missing package
+    (torchvision, in some transformers releases) is skipped, not failed."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, arch):
+        try:
+            self[arch] = make_tiny_vlm(arch, self.root / arch, **TINY_SMALL)
+        except ImportError as e:
+            pytest.skip(f"{arch}: {str(e).strip().splitlines()[0]}")
+        return self[arch]
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """Tiny model directories per architecture (``tiny_dirs["llava"]``), shared within a test module."""
+    return _TinyDirs(tmp_path_factory.mktemp("tiny"))

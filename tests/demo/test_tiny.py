@@ -12,31 +12,10 @@ from mstar_fast.demo.tokenizer import train_tiny_tokenizer
 from mstar_fast.models import encode_prompt, load_policy
 
 VLM_ARCHS = [a for a in ARCHS if a != "llama"]
-SMALL = dict(vocab_size=512, hidden_size=32, image_size=32, num_layers=1)
+from tests.conftest import TINY_SMALL as SMALL
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class _Dirs(dict):
-    """arch -> model directory, built on first use; an arch whose processor needs a missing package
-    (torchvision, in some transformers releases) is skipped, not failed."""
-
-    def __init__(self, root):
-        super().__init__()
-        self.root = root
-
-    def __missing__(self, arch):
-        try:
-            self[arch] = make_tiny_vlm(arch, self.root / arch, **SMALL)
-        except ImportError as e:
-            pytest.skip(f"{arch}: {str(e).strip().splitlines()[0]}")
-        return self[arch]
-
-
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    return _Dirs(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

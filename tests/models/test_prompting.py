@@ -6,33 +6,10 @@ from __future__ import annotations
 import pytest
 
 from mstar_fast.data.records import Prompt
-from mstar_fast.demo.tiny import make_tiny_vlm
 from mstar_fast.models import PromptError, encode_prompt, format_prompt, load_images, load_policy
 
-SMALL = dict(vocab_size=512, hidden_size=32, image_size=32, num_layers=1)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class _Dirs(dict):
-    """arch -> model directory, built on first use; an arch whose processor needs a missing package
-    (torchvision, in some transformers releases) is skipped, not failed."""
-
-    def __init__(self, root):
-        super().__init__()
-        self.root = root
-
-    def __missing__(self, arch):
-        try:
-            self[arch] = make_tiny_vlm(arch, self.root / arch, **SMALL)
-        except ImportError as e:
-            pytest.skip(f"{arch}: {str(e).strip().splitlines()[0]}")
-        return self[arch]
-
-
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    return _Dirs(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.mark.parametrize("arch,expected", [
