@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mstar_fast.constants import PRM_HEADS
@@ -191,6 +192,83 @@ def _write_dir(out_dir: Path, write: Callable[[Path], None]) -> None:
         tmp.rename(out_dir)
 
 
+def _check_train_args(head: str, examples: list[PRMExample], lookup: Mapping[str, Prompt], *, epochs: int,
+                      batch_size: int, micro_batch_size: int, warmup_steps: int, lr: float,
+                      weight_decay: float) -> None:
+    """``train_prm``'s argument checks (ValueError naming the argument or the example)."""
+    if head not in HEADS:
+        raise ValueError(f"train_prm: head must be one of {HEADS}, got {head!r}")
+    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("micro_batch_size", micro_batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"train_prm: {name} must be an int >= 1, got {v!r}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"train_prm: warmup_steps must be an int >= 0, got {warmup_steps!r}")
+    if not lr > 0 or not math.isfinite(lr):
+        raise ValueError(f"train_prm: lr must be a finite number > 0, got {lr!r}")
+    if weight_decay < 0:
+        raise ValueError(f"train_prm: weight_decay must be >= 0, got {weight_decay!r}")
+    if not examples:
+        raise ValueError("train_prm: no examples")
+    for ex in examples:
+        if ex.prompt_id not in lookup:
+            raise ValueError(f"train_prm: no Prompt with id {ex.prompt_id!r} (example {ex.key})")
+        if len(ex.labels) != len(ex.steps) or not ex.labels:
+            raise ValueError(f"train_prm: example {ex.key} has {len(ex.steps)} steps and {len(ex.labels)} labels")
+        if any(not 0.0 <= float(y) <= 1.0 for y in ex.labels):
+            raise ValueError(f"train_prm: example {ex.key} has labels outside [0, 1]: {ex.labels}")
+
+
+def _fit(loss_module: nn.Module, encoded: list[tuple[EncodedExample, list[int], torch.Tensor]],
+         plan: list[list[int]], optimizer: torch.optim.Optimizer, scheduler: Any, *, micro_batch_size: int, pad: int,
+         dtype: torch.dtype, use_bf16: bool, max_grad_norm: float | None,
+         on_step: Callable[[int, float], None] | None) -> list[float]:
+    """The optimizer steps of ``train_prm`` over ``plan`` (example indices per step); returns the loss of each
+    step (mean over the labelled steps of its batch, the same whatever the micro-batching)."""
+    device = next(loss_module.parameters()).device
+    losses: list[float] = []
+    loss_module.train()
+    for step, batch in enumerate(plan):
+        n_labels = sum(len(encoded[i][1]) for i in batch)
+        order = sorted(batch, key=lambda i: -len(encoded[i][0]))  # similar lengths together: less padding
+        total = 0.0
+        for s in range(0, len(order), micro_batch_size):
+            idx = order[s : s + micro_batch_size]
+            mb = collate([encoded[i][0] for i in idx], pad)
+            T = mb["input_ids"].shape[1]
+            positions = torch.tensor([r * T + p for r, i in enumerate(idx) for p in encoded[i][1]],
+                                     dtype=torch.long, device=device)
+            labels = torch.cat([encoded[i][2] for i in idx]).to(device)
+            mb = {k: v.to(device, dtype=dtype if v.is_floating_point() else None) for k, v in mb.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = loss_module(mb, positions)
+            part = prm_loss(logits, labels, reduction="sum")
+            (part / n_labels).backward()
+            total += float(part.detach())
+        if max_grad_norm is not None and max_grad_norm > 0:
+            nn.utils.clip_grad_norm_([p for p in loss_module.parameters() if p.grad is not None], max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(total / n_labels)
+        if on_step is not None:
+            on_step(step, losses[-1])
+    return losses
+
+
+def _save_prm(out_dir: Path, prm: nn.Module, proc: Any, value_head: nn.Linear | None, config: dict[str, Any]) -> None:
+    """Write the trained PRM (weights, processor, value head, ``PRM_CONFIG``) atomically to ``out_dir``."""
+
+    def write(d: Path) -> None:
+        prm.save_pretrained(d)
+        proc.save_pretrained(d)
+        if value_head is not None:
+            save_file({"weight": value_head.weight.detach().cpu().contiguous(),
+                       "bias": value_head.bias.detach().cpu().contiguous()}, str(d / VALUE_HEAD_FILE))
+        (d / PRM_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+    _write_dir(out_dir, write)
+
+
 def train_prm(
     model: nn.Module,
     processor: Any,
@@ -249,28 +327,10 @@ def train_prm(
         ValueError: bad arguments, an example whose prompt is missing, labels outside [0, 1], steps that
             do not match their labels, or tokenizer problems the scorer reports.
     """
-    if head not in HEADS:
-        raise ValueError(f"train_prm: head must be one of {HEADS}, got {head!r}")
-    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("micro_batch_size", micro_batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"train_prm: {name} must be an int >= 1, got {v!r}")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"train_prm: warmup_steps must be an int >= 0, got {warmup_steps!r}")
-    if not lr > 0 or not math.isfinite(lr):
-        raise ValueError(f"train_prm: lr must be a finite number > 0, got {lr!r}")
-    if weight_decay < 0:
-        raise ValueError(f"train_prm: weight_decay must be >= 0, got {weight_decay!r}")
     examples = list(examples)
-    if not examples:
-        raise ValueError("train_prm: no examples")
     lookup = dict(prompts) if isinstance(prompts, Mapping) else {p.id: p for p in prompts}
-    for ex in examples:
-        if ex.prompt_id not in lookup:
-            raise ValueError(f"train_prm: no Prompt with id {ex.prompt_id!r} (example {ex.key})")
-        if len(ex.labels) != len(ex.steps) or not ex.labels:
-            raise ValueError(f"train_prm: example {ex.key} has {len(ex.steps)} steps and {len(ex.labels)} labels")
-        if any(not 0.0 <= float(y) <= 1.0 for y in ex.labels):
-            raise ValueError(f"train_prm: example {ex.key} has labels outside [0, 1]: {ex.labels}")
+    _check_train_args(head, examples, lookup, epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size,
+                      warmup_steps=warmup_steps, lr=lr, weight_decay=weight_decay)
 
     device = next(model.parameters()).device
     use_bf16 = (device.type == "cuda" and torch.cuda.is_bf16_supported()) if bf16 is None else bool(bf16)
@@ -309,34 +369,9 @@ def train_prm(
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         dtype = next(prm.parameters()).dtype
         plan = plan_steps(len(encoded), batch_size, None, epochs, seed, 0, shuffle=True)
-        losses: list[float] = []
         t0 = time.perf_counter()
-        prm.train()
-        for step, batch in enumerate(plan):
-            n_labels = sum(len(encoded[i][1]) for i in batch)
-            order = sorted(batch, key=lambda i: -len(encoded[i][0]))  # similar lengths together: less padding
-            total = 0.0
-            for s in range(0, len(order), micro_batch_size):
-                idx = order[s : s + micro_batch_size]
-                mb = collate([encoded[i][0] for i in idx], pad)
-                T = mb["input_ids"].shape[1]
-                positions = torch.tensor([r * T + p for r, i in enumerate(idx) for p in encoded[i][1]],
-                                         dtype=torch.long, device=device)
-                labels = torch.cat([encoded[i][2] for i in idx]).to(device)
-                mb = {k: v.to(device, dtype=dtype if v.is_floating_point() else None) for k, v in mb.items()}
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = loss_module(mb, positions)
-                part = prm_loss(logits, labels, reduction="sum")
-                (part / n_labels).backward()
-                total += float(part.detach())
-            if max_grad_norm is not None and max_grad_norm > 0:
-                nn.utils.clip_grad_norm_([p for p in loss_module.parameters() if p.grad is not None], max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(total / n_labels)
-            if on_step is not None:
-                on_step(step, losses[-1])
+        losses = _fit(loss_module, encoded, plan, optimizer, scheduler, micro_batch_size=micro_batch_size, pad=pad,
+                      dtype=dtype, use_bf16=use_bf16, max_grad_norm=max_grad_norm, on_step=on_step)
         prm.eval()
     log.info("train_prm: %d steps on %d examples in %.1fs, loss %.4f -> %.4f", len(plan), len(examples),
              time.perf_counter() - t0, losses[0], losses[-1])
@@ -347,24 +382,12 @@ def train_prm(
                        step_separator=step_separator, answer_marker=answer_marker, prompt_format=prompt_format,
                        prompts=lookup)
     if out_dir is not None:
-        config = {
+        _save_prm(Path(out_dir), prm, proc, value_head, {
             "format": _FORMAT, "head": head, "step_tag": step_tag, "reward_tokens": list(reward_tokens),
             "step_separator": step_separator, "answer_marker": answer_marker,
             "train": {"examples": len(examples), "steps": len(plan), "epochs": epochs, "lr": lr,
                       "batch_size": batch_size, "seed": seed, "losses": losses},
-        }
-
-        def write(d: Path) -> None:
-            prm.save_pretrained(d)
-            proc.save_pretrained(d)
-            if value_head is not None:
-                from safetensors.torch import save_file
-
-                save_file({"weight": value_head.weight.detach().cpu().contiguous(),
-                           "bias": value_head.bias.detach().cpu().contiguous()}, str(d / VALUE_HEAD_FILE))
-            (d / PRM_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-
-        _write_dir(Path(out_dir), write)
+        })
     return scorer
 
 
@@ -400,8 +423,6 @@ def load_prm(
     model, processor = load_policy(d, dtype=dtype, device=device)
     value_head = None
     if cfg["head"] == "value":
-        from safetensors.torch import load_file
-
         state = load_file(str(d / VALUE_HEAD_FILE))
         weight = state["weight"]
         value_head = nn.Linear(weight.shape[1], 1)
