@@ -90,3 +90,20 @@ def test_a_second_writer_of_a_run_dir_is_refused_with_the_holders_pid(tmp_path, 
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_command_that_failed_before_writing_leaves_the_run_dir_reusable(tmp_path, capsys):
+    """A config / data error after the directory was claimed leaves only config.yaml there: the corrected
+    command takes the directory over instead of calling it a different run."""
+    run = tmp_path / "r"
+    rc = cli.main(["warmup", CONFIG, f"run_dir={run}", "data.train=/nonexistent/train.jsonl", *SMALL])
+    one_line_error(capsys, rc)
+    assert sorted(p.name for p in run.iterdir()) <= [".lock", "config.yaml"]
+    rc = cli.main(["warmup", CONFIG, f"run_dir={run}", "model.policy=/nonexistent/model", *SMALL])
+    assert "model path /nonexistent/model does not exist" in one_line_error(capsys, rc)
+
+
+def test_a_missing_model_directory_is_named(tmp_path, capsys):
+    missing = tmp_path / "nomodel"
+    rc = cli.main(["eval", str(missing), "synthetic:test:1", "--no-progress"])
+    assert f"model path {missing} does not exist" in one_line_error(capsys, rc)

@@ -88,7 +88,15 @@ def load_policy(
 
     Returns:
         ``(model, processor)``; the processor is a bare tokenizer for text-only models.
+
+    Raises:
+        FileNotFoundError: ``path`` is a local path (absolute, starting with ``.``, or with more than one
+            ``/``, which no hub id has) that does not exist, rather than the hub's "Repo id must be in the
+            form ..." for a typo in a directory name.
     """
+    p = str(path)
+    if not Path(p).exists() and (Path(p).is_absolute() or p.startswith(".") or p.count("/") > 1):
+        raise FileNotFoundError(f"model path {p} does not exist")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     torch_dtype = _resolve_dtype(dtype)

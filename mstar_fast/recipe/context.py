@@ -8,14 +8,12 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 from mstar_fast.config import DataConfig, ModelConfig, RolloutConfig, RunConfig, SFTConfig
-from mstar_fast.errors import UserError
 from mstar_fast.models import get_tokenizer, load_policy
 from mstar_fast.recipe.run_dir import Console, RunDir
 from mstar_fast.rollout import RolloutEngine
@@ -53,11 +51,8 @@ class Models:
         """``(model, processor)`` of a model directory or hub id.
 
         Raises:
-            UserError: ``path`` names a local path (absolute, or starting with ``.``) that does not exist.
+            FileNotFoundError: ``path`` names a local path that does not exist (:func:`load_policy`).
         """
-        p = str(path)
-        if not Path(p).exists() and (os.path.isabs(p) or p.startswith(".")):
-            raise UserError(f"model path {p} does not exist")
         m = self.model
         return load_policy(path, dtype=m.dtype, device=self.device, trust_remote_code=m.trust_remote_code,
                            attn_implementation=m.attn_implementation)

@@ -72,8 +72,8 @@ def _summary(row: dict[str, Any], res: IterationResult) -> str:
         f"── iteration {row['iteration']} ── T={row['temperature']:.2f} -> next {row['next_temperature']:.2f}  "
         f"step {row['step']}  loss {row['train_loss']:.3f}",
         f"   samples: {res.n_prompts} prompts x {res.n_samples // max(1, res.n_prompts)} = {res.n_samples}, "
-        f"correct {pct(res.train_accuracy)}, duplicates {s.n_duplicates}, prompts with a correct answer "
-        f"{s.n_prompts_with_correct}/{s.n_prompts}, selected {s.n_selected}",
+        f"correct {pct(res.train_accuracy)}, duplicates {s.n_duplicates}, prompts with an eligible correct answer "
+        f"(well-formed, de-duplicated) {s.n_prompts_with_correct}/{s.n_prompts}, selected {s.n_selected}",
         f"   val: greedy {pct(row['val_greedy_acc'])}  Pass@K {pct(row['val_pass_at_k'])}  "
         f"Reward-Pass@2 {pct(row['val_reward_pass_at_2'])}  Pass@K-greedy {pct(row.get('val_pass_at_k_minus_greedy'))}"
         + (f"  | test greedy {pct(row['test_greedy_acc'])}" if row.get("test_greedy_acc") is not None else ""),

@@ -31,7 +31,7 @@ from transformers import PreTrainedModel
 from mstar_fast.config import LogConfig, RunConfig, config_to_dict, load_config, save_config
 from mstar_fast.data.jsonl import JsonlWriter, iter_jsonl
 from mstar_fast.errors import UserError
-from mstar_fast.run_lock import lock_run_dir
+from mstar_fast.run_lock import LOCK_FILE, lock_run_dir
 from mstar_fast.train import SFTEngine, StepInfo
 from mstar_fast.train.distributed import World
 
@@ -111,6 +111,10 @@ class RunDir:
         """
         if self.world.is_main:
             saved = self.path / CONFIG_FILE
+            # A directory holding only its config (a command that stopped at a config, data or model error
+            # before writing anything) is no run yet: the corrected command may take it over.
+            if saved.exists() and not any(p.name not in (CONFIG_FILE, LOCK_FILE) for p in self.path.iterdir()):
+                saved.unlink()
             if saved.exists() and not resume and stop_after is None:
                 raise UserError(f"{self.path} already holds a run; resume it with `mstar run --resume {self.path}` "
                                 "or pick another run_dir")
