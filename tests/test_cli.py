@@ -67,6 +67,7 @@ def test_read_only_run_dir_and_full_disk(tmp_path, capsys, monkeypatch):
 def test_stage_command_refuses_a_different_run(tmp_path, capsys, command):
     d = tmp_path / "r"
     save_config(load_config(CONFIG, [f"run_dir={d}", "seed=1", *SMALL]), d / "config.yaml")
+    (d / "stages.json").write_text("{}")  # the other run got somewhere (a directory with only a config is free)
     before = (d / "config.yaml").read_text()
     rc = cli.main([command, CONFIG, f"run_dir={d}", *SMALL])
     assert "holds a different run" in one_line_error(capsys, rc)
@@ -98,7 +99,7 @@ def test_a_command_that_failed_before_writing_leaves_the_run_dir_reusable(tmp_pa
     run = tmp_path / "r"
     rc = cli.main(["warmup", CONFIG, f"run_dir={run}", "data.train=/nonexistent/train.jsonl", *SMALL])
     one_line_error(capsys, rc)
-    assert sorted(p.name for p in run.iterdir()) <= [".lock", "config.yaml"]
+    assert {p.name for p in run.iterdir()} <= {".lock", "config.yaml"}
     rc = cli.main(["warmup", CONFIG, f"run_dir={run}", "model.policy=/nonexistent/model", *SMALL])
     assert "model path /nonexistent/model does not exist" in one_line_error(capsys, rc)
 
