@@ -23,6 +23,8 @@ def test_a_new_run_refuses_a_directory_holding_one(tmp_path):
     run = RunDir(tmp_path / "r", World.single())
     run.claim(_cfg(run.path), resume=False, stop_after=None)
     assert (run.path / "config.yaml").is_file()
+    run.claim(_cfg(run.path, seed=1), resume=False, stop_after=None)  # only a config there: no run yet
+    run.write_stage("base", {"done": True})  # now the run got somewhere
     with pytest.raises(UserError, match="already holds a run"):
         run.claim(_cfg(run.path), resume=False, stop_after=None)
     run.claim(_cfg(run.path), resume=True, stop_after=None)  # --resume: continues
@@ -31,6 +33,7 @@ def test_a_new_run_refuses_a_directory_holding_one(tmp_path):
 def test_stage_commands_refuse_a_different_run(tmp_path):
     run = RunDir(tmp_path / "r", World.single())
     run.claim(_cfg(run.path), resume=True, stop_after="warmup")
+    run.write_stage("base", {"done": True})
     run.claim(_cfg(run.path), resume=True, stop_after="prm-data")  # the same run: continues
     with pytest.raises(UserError, match=r"holds a different run: its config.yaml has seed=0, this one 1"):
         run.claim(_cfg(run.path, seed=1), resume=True, stop_after="warmup")
