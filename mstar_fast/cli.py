@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except (ValueError, FileNotFoundError, RunDirLockedError) as e:  # UserError is a ValueError
-        print(f"mstar {args.command}: error: {e}", file=sys.stderr)
+        text = str(e).removeprefix(f"mstar {args.command}: ")  # messages that already name the command
+        print(f"mstar {args.command}: error: {text}", file=sys.stderr)
         return 2
     except OSError as e:  # a read-only run directory, a full disk (ENOSPC), a model the hub cannot serve
         where = f": {e.filename}" if e.filename else ""

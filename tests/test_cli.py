@@ -108,3 +108,13 @@ def test_a_missing_model_directory_is_named(tmp_path, capsys):
     missing = tmp_path / "nomodel"
     rc = cli.main(["eval", str(missing), "synthetic:test:1", "--no-progress"])
     assert f"model path {missing} does not exist" in one_line_error(capsys, rc)
+
+
+def test_a_message_that_names_its_command_is_not_prefixed_twice(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    rc = cli.main(["eval", str(tmp_path), str(empty), "--no-progress"])
+    err = capsys.readouterr().err  # the loader's report line, then the error line
+    assert rc == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("mstar eval: error: no usable prompts") and last.count("mstar eval") == 1, err

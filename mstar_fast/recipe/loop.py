@@ -105,6 +105,8 @@ def self_evolve(cfg: RunConfig, ctx: RunContext, data: RunData, warm_path: str, 
         start, cursor, unl_cursor = extra["iteration"] + 1, extra["cursor"], extra.get("unlabeled_cursor", 0)
         controller.load_state_dict(extra["temperature"])
         ctx.console.say(f"resumed from {ckpt} (iteration {extra['iteration']}, step {trainer.global_step})")
+        if start > it.iterations:
+            ctx.console.say(f"run {run.path} is complete: all {it.iterations} iterations are done, nothing to run")
     run.truncate_metrics(start - 1)
     warmup = world.broadcast(run.stages() if world.is_main else {}).get("warmup", {})
     loggers = Loggers(cfg.log, cfg, run)

@@ -30,6 +30,7 @@ def plot_run(run_dir: str | os.PathLike) -> str:
 
         matplotlib.use("Agg")  # files only; never a window
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return (f"plot: matplotlib is not installed, so {d / 'plots' / 'dynamics.png'} was not drawn "
                 f"(pip install matplotlib, then `mstar plot {d}`); the numbers are in {d / 'metrics.jsonl'}")
@@ -54,6 +55,7 @@ def plot_run(run_dir: str | os.PathLike) -> str:
     axes[3].step(it, [r["temperature"] for r in rows], where="post", color="tab:red")
     axes[3].set_title("sampling temperature T")
     for a in axes:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
         a.set_xlabel("iteration")
         a.grid(alpha=0.3)
     fig.suptitle(f"M-STaR dynamics: {d.name}")

@@ -125,6 +125,15 @@ def test_run_refuses_an_existing_run_dir(quick_run):
     assert res.returncode == 2 and "no config.yaml" in res.stderr
 
 
+def test_resuming_a_finished_run_says_it_is_complete(quick_run):
+    run_dir, _, _ = quick_run
+    before = (run_dir / "metrics.jsonl").read_text()
+    res = mstar_cli("run", "--resume", str(run_dir))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "is complete: all 2 iterations are done" in res.stdout
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
+
 def test_stage_commands_then_resume_the_run(tmp_path):
     from mstar_fast.demo.run import QUICK
 
