@@ -1,0 +1,203 @@
+"""Per-family fixes (mstar_fast.models.families), each checked against the model's own forward / loss /
+generate on a tiny random model built offline from a shrunken config:
+
+* logit transforms (Granite divides, Cohere2 multiplies, Gemma 2 soft-caps; Aya Vision ignores its text
+  config's ``logit_scale``): PRM step scores == the model's softmax over the two reward logits, the SFT
+  loss == the model's own loss;
+* refusals name the family and the reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mstar_fast.data import Prompt
+from mstar_fast.models.families import UnsupportedFamilyError, family_capabilities
+from mstar_fast.prm import PRMScorer
+from mstar_fast.prm.testing import tiny_image, tiny_tokenizer
+from mstar_fast.train.data import IGNORE_INDEX
+from mstar_fast.train.engine import CausalLMLoss
+
+transformers = pytest.importorskip("transformers")
+
+RESPONSES = [
+    "First add the tens: 10 + 30 = 40.\n\nThen add the ones: 40 + 2 = 42.\n\n# Answer\n\n42",
+    "x = 5",
+    "Read the bar chart.\n\nThe tallest bar is B with value 7.\n\nSo B.",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def _small(tok, **kw):
+    base = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
+    base.update(kw)
+    return base
+
+
+def _text_model(family: str, tok):
+    """A tiny random causal LM of ``family`` (fp32, eval) with a non-neutral logit transform."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    extra = {"granite": {"logits_scaling": 3.7}, "cohere2": {"logit_scale": 0.37, "layer_types":
+                                                                ["full_attention", "full_attention"]},
+             "gemma2": {"final_logit_softcapping": 1.5, "attn_logit_softcapping": None, "query_pre_attn_scalar": 8,
+                        "hidden_activation": "gelu_pytorch_tanh"}}[family]
+    cfg = AutoConfig.for_model(family, **_small(tok, **extra))
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+
+
+def _model_step_scores(model, scorer: PRMScorer, prompt: Prompt, responses: list[str]) -> list[list[float]]:
+    """The model's own logits (its whole forward, head transform included) on prompt + tagged response."""
+    good, bad = scorer.reward_token_ids
+    prefix = scorer.encode_prompt(prompt)
+    P = prefix["input_ids"].shape[1]
+    out = []
+    for text in responses:
+        ids, tags = scorer.encode_response(text)
+        full = {k: v for k, v in prefix.items() if k != "attention_mask"}
+        full["input_ids"] = torch.cat([prefix["input_ids"], torch.tensor([ids])], dim=1)
+        for k, v in prefix.items():
+            if k not in ("input_ids", "attention_mask") and v.dim() >= 2 and v.shape[:2] == prefix["input_ids"].shape:
+                full[k] = _extend_like_generate(k, v, len(ids))
+        with torch.no_grad():
+            logits = model(**full).logits[0]
+        probs = torch.softmax(logits[[P + t for t in tags]][:, [good, bad]].float(), dim=-1)[:, 0]
+        out.append(probs.tolist())
+    return out
+
+
+def _extend_like_generate(name: str, v: torch.Tensor, n: int) -> torch.Tensor:
+    """What each family's own ``generate`` appends for new tokens (written out here, independently of
+    mstar_fast): PaliGemma token types 1, Mllama's mask its last row, else 0."""
+    if name == "token_type_ids":
+        tail = v.new_ones((v.shape[0], n, *v.shape[2:]))
+    elif name == "cross_attention_mask":
+        tail = v[:, -1:].expand(v.shape[0], n, *v.shape[2:])
+    else:
+        tail = v.new_zeros((v.shape[0], n, *v.shape[2:]))
+    return torch.cat([v, tail], dim=1)
+
+
+def _assert_scores(scorer: PRMScorer, model, prompt: Prompt, atol: float = 1e-5) -> None:
+    want = _model_step_scores(model, scorer, prompt, RESPONSES)
+    for share in (True, False):
+        got = scorer.score(prompt, RESPONSES, share_prefix=share).step_scores
+        assert [len(s) for s in got] == [len(s) for s in want]
+        for g, w in zip(got, want):
+            torch.testing.assert_close(torch.tensor(g), torch.tensor(w), atol=atol, rtol=0)
+
+
+def _loss_batch(tok, model, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, len(tok), (2, 12), generator=g)
+    labels = ids.clone()
+    labels[:, :5] = IGNORE_INDEX
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    labels[1, 10:] = IGNORE_INDEX
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _assert_loss_matches(model, batch: dict[str, torch.Tensor], atol: float = 1e-5) -> None:
+    loss_module = CausalLMLoss(model)
+    n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    ours = loss_module(batch) / n
+    with torch.no_grad():
+        ref = model(**batch).loss
+    torch.testing.assert_close(ours.detach().float(), ref.float(), atol=atol, rtol=0)
+    ours.backward()  # the (possibly unfused) path is differentiable
+    assert model.get_output_embeddings().weight.grad is not None
+
+
+# ------------------------------------------------------------------------------------------ logit transforms
+@pytest.mark.parametrize("family,scale,cap", [("granite", 1 / 3.7, None), ("cohere2", 0.37, None),
+                                              ("gemma2", 1.0, 1.5)])
+def test_logit_transforms_prm_and_loss_match_the_model(tok, family, scale, cap):
+    model = _text_model(family, tok)
+    caps = family_capabilities(model)
+    assert caps.logit_scale == pytest.approx(scale) and caps.logit_softcap == cap
+    scorer = PRMScorer(model, tok)
+    _assert_scores(scorer, model, Prompt(id="p", question="What is 12 + 30?"))
+    _assert_loss_matches(model, _loss_batch(tok, model))
+
+
+def test_softcap_loss_gradients_match_the_model(tok):
+    """The unfused soft-capped path gives the model's own gradients, chunked or not."""
+    model = _text_model("gemma2", tok)
+    batch = _loss_batch(tok, model, seed=1)
+    n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    model(**batch).loss.backward()
+    want = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    for chunk in (None, 3):
+        model.zero_grad(set_to_none=True)
+        (CausalLMLoss(model, chunk_size=chunk)(batch) / n).backward()
+        for k, p in model.named_parameters():
+            if k in want:
+                torch.testing.assert_close(p.grad, want[k], atol=1e-5, rtol=1e-4)
+
+
+def _aya_vision(tok):
+    from transformers import AyaVisionConfig, AyaVisionForConditionalGeneration
+
+    text = _small(tok, logit_scale=0.37, layer_types=["full_attention", "full_attention"])
+    text["model_type"] = "cohere2"
+    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 28, "patch_size": 14}
+    cfg = AyaVisionConfig(vision_config=vision, text_config=text, downsample_factor=2, adapter_layer_norm_eps=1e-6,
+                          image_token_index=tok.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(0)
+    return AyaVisionForConditionalGeneration(cfg).float().eval()
+
+
+def test_aya_vision_forward_ignores_logit_scale(tok):
+    """Aya Vision's text config carries logit_scale but its forward does not apply it: neither do we."""
+    model = _aya_vision(tok)
+    assert model.config.get_text_config().logit_scale == 0.37
+    caps = family_capabilities(model)
+    assert caps.logit_scale == 1.0 and caps.logit_softcap is None
+    _assert_loss_matches(model, _loss_batch(tok, model))
+
+
+def test_unknown_family_with_a_logit_attribute_is_refused(tok):
+    """A family outside the table whose config sets a logit transform: we cannot know whether its forward
+    applies it, so the engines refuse at construction, naming the family and the attribute."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**_small(tok))
+    cfg.logits_scaling = 2.0
+    model = LlamaForCausalLM(cfg).eval()
+    for build in (lambda: PRMScorer(model, tok), lambda: CausalLMLoss(model)):
+        with pytest.raises(UnsupportedFamilyError, match="'llama'.*logits_scaling=2.0"):
+            build()
+
+
+def test_llama4_is_refused_with_the_reason(tok):
+    from transformers import Llama4Config, Llama4ForConditionalGeneration
+
+    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "intermediate_size_mlp": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+            "num_local_experts": 2, "pad_token_id": tok.pad_token_id}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 28, "patch_size": 14, "vision_output_dim": 32, "projector_input_dim": 32,
+              "projector_output_dim": 32}
+    model = Llama4ForConditionalGeneration(Llama4Config(text_config=text, vision_config=vision)).eval()
+    with pytest.raises(UnsupportedFamilyError, match="'llama4'.*transformers"):
+        family_capabilities(model)
+    with pytest.raises(UnsupportedFamilyError, match="llama4"):
+        CausalLMLoss(model)
