@@ -195,9 +195,12 @@ _DROP_INPUTS: dict[str, frozenset[str]] = {"paligemma": frozenset({"labels"})}
 _PROMPT_END: dict[str, str] = {"paligemma": "\n"}
 
 
-def family_capabilities(model: Any, processor: Any = None) -> FamilyCapabilities:
+def family_capabilities(model: Any, processor: Any = None, *, reads_logits: bool = True) -> FamilyCapabilities:
     """What ``model`` (a loaded ``transformers`` model; ``processor`` is accepted for families whose needs
     depend on it) needs from the engines.
+
+    ``reads_logits=False`` is for callers that use the model's own logits (the rollout engine): the logit
+    transform is then neither read nor checked (``logit_scale`` 1.0, ``logit_softcap`` None).
 
     Raises:
         UnsupportedFamilyError: the family cannot be run exactly; the message names it and says why.
@@ -209,7 +212,7 @@ def family_capabilities(model: Any, processor: Any = None) -> FamilyCapabilities
                                      f"{_REFUSED[family]}")
     if cfg is None:
         return FamilyCapabilities(family=family)
-    scale, cap = logit_transform(model)
+    scale, cap = logit_transform(model) if reads_logits else (1.0, None)
     sharing, reason = _cache_sharing(model)
     return FamilyCapabilities(family=family, logit_scale=scale, logit_softcap=cap,
                               token_fill=dict(_TOKEN_FILL.get(family, {})),

@@ -201,3 +201,64 @@ def test_llama4_is_refused_with_the_reason(tok):
         family_capabilities(model)
     with pytest.raises(UnsupportedFamilyError, match="llama4"):
         CausalLMLoss(model)
+
+
+# ------------------------------------------------------------------------------------------ hybrid caches
+def _hybrid(family: str, tok):
+    """Qwen3.5 (gated-delta-net linear attention + full attention) or LFM2-VL (short-conv + attention)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    if family == "qwen3_5":
+        text = _small(tok, layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=2,
+                      linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                      linear_num_value_heads=2)
+        vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+                  "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    else:
+        text = _small(tok, layer_types=["conv", "full_attention"], conv_L_cache=3, block_dim=32, block_ff_dim=64,
+                      block_auto_adjust_ff_dim=False)
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                  "patch_size": 14}
+    cfg = AutoConfig.for_model(family, text_config=text, vision_config=vision)
+    torch.manual_seed(0)
+    return AutoModelForImageTextToText.from_config(cfg).float().eval()
+
+
+def _greedy_reference(model, processor, prompts, max_new_tokens: int) -> list[list[int]]:
+    from mstar_fast.models.prompting import encode_prompt
+    from mstar_fast.rollout import RolloutEngine
+
+    eos = set(RolloutEngine(model, processor, use_prefix_sharing=False).eos_ids)
+    out = []
+    for p in prompts:
+        enc = encode_prompt(processor, p)
+        with torch.no_grad():
+            ref = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)[0, enc["input_ids"].shape[1]:]
+        ref = ref.tolist()
+        if any(t in eos for t in ref):
+            ref = ref[: next(j for j, t in enumerate(ref) if t in eos) + 1]
+        out.append(ref)
+    return out
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "lfm2_vl"])
+def test_hybrid_cache_falls_back_at_construction(tok, family, caplog):
+    """Linear-attention / conv cache layers cannot repeat rows: the rollout and the PRM notice at
+    construction (no failing forward), log why, and their results equal generate / a full forward."""
+    from mstar_fast.rollout import RolloutEngine
+
+    model = _hybrid(family, tok)
+    caps = family_capabilities(model)
+    assert not caps.prefix_sharing and "layers" in caps.prefix_sharing_reason
+    with caplog.at_level("INFO", logger="mstar_fast"):
+        engine = RolloutEngine(model, tok)
+        scorer = PRMScorer(model, tok)
+    assert engine.prefix_sharing is False and scorer.share_prefix is False
+    assert sum("without prefix sharing" in r.message for r in caplog.records) == 2
+    prompts = [Prompt(id="a", question="What is 12 + 30?"), Prompt(id="b", question="Read the bar chart.")]
+    out = engine.generate(prompts, n=2, temperature=0.0, max_new_tokens=6)
+    ref = _greedy_reference(model, tok, prompts, 6)
+    assert [s.token_ids for s in out] == [r for r in ref for _ in range(2)]
+    _assert_scores(scorer, model, prompts[0])
+    with pytest.raises(ValueError, match="use_prefix_sharing=True but"):
+        RolloutEngine(model, tok, use_prefix_sharing=True)
