@@ -19,6 +19,7 @@ What the table covers (transformers 5.24):
   (what its ``generate`` does); other per-token inputs are 0 on response tokens.
 * **processor extras**: PaliGemma's processor returns ``labels`` (prefix-only, all -100) which must never
   reach a prompt forward, and appends its own ``"\\n"`` to the prompt.
+* **positions**: PaliGemma counts position ids from 1; engines that pass explicit positions add the offset.
 * **caches**: a cache layer kind without ``batch_repeat_interleave`` (linear attention / conv layers of
   Qwen3.5, LFM2-VL) cannot be shared by several continuations; the engines then run each response or
   sample on its own (``prefix_sharing=False``, with the reason logged).
@@ -63,6 +64,8 @@ class FamilyCapabilities:
         drop_inputs: processor outputs that must not reach a prompt forward (e.g. PaliGemma's ``labels``).
         processor_prompt_end: text the processor itself appends to every prompt (PaliGemma: ``"\\n"``), which
             prompt formats must therefore not end with; ``""`` when none.
+        position_offset: the position id of token ``t`` is ``t + position_offset`` in the model's own forward
+            (PaliGemma's positions are 1-indexed); engines that pass explicit position ids add it.
         prefix_sharing: whether one prompt's KV cache can be repeated over several continuations.
         prefix_sharing_reason: why not, when ``prefix_sharing`` is False.
     """
@@ -73,6 +76,7 @@ class FamilyCapabilities:
     token_fill: Mapping[str, str] = field(default_factory=dict)
     drop_inputs: frozenset[str] = frozenset()
     processor_prompt_end: str = ""
+    position_offset: int = 0
     prefix_sharing: bool = True
     prefix_sharing_reason: str | None = None
 
@@ -193,6 +197,7 @@ _TOKEN_FILL: dict[str, dict[str, str]] = {
 }
 _DROP_INPUTS: dict[str, frozenset[str]] = {"paligemma": frozenset({"labels"})}
 _PROMPT_END: dict[str, str] = {"paligemma": "\n"}
+_POSITION_OFFSET: dict[str, int] = {"paligemma": 1}  # its forward and generate count positions from 1
 
 
 def family_capabilities(model: Any, processor: Any = None, *, reads_logits: bool = True) -> FamilyCapabilities:
@@ -218,6 +223,7 @@ def family_capabilities(model: Any, processor: Any = None, *, reads_logits: bool
                               token_fill=dict(_TOKEN_FILL.get(family, {})),
                               drop_inputs=_DROP_INPUTS.get(family, frozenset()),
                               processor_prompt_end=_PROMPT_END.get(family, ""),
+                              position_offset=_POSITION_OFFSET.get(family, 0),
                               prefix_sharing=sharing, prefix_sharing_reason=reason)
 
 

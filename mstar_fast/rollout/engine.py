@@ -110,7 +110,6 @@ class RolloutEngine:
         self.max_model_len = max_model_len or _context_length(model) or 1 << 30
         self.eos_ids = _eos_ids(model, self.tokenizer, eos_token_id)
         self.progress = progress
-        self.format_kwargs = {"instruction": instruction, "include_choices": include_choices, "template": template}
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         params = inspect.signature(model.forward).parameters
@@ -128,6 +127,8 @@ class RolloutEngine:
             log_no_prefix_sharing("RolloutEngine", self.capabilities)
             use_prefix_sharing = False
         self.prefix_sharing = has_cache_arg if use_prefix_sharing is None else bool(use_prefix_sharing)
+        self.format_kwargs = {"instruction": instruction, "include_choices": include_choices, "template": template,
+                              "processor_prompt_end": self.capabilities.processor_prompt_end}
         self.mergeable: bool | None = None  # can rows of several prompts share a cache? (known after a prefill)
         self.shared_prefix = shared_prefix
         self._shared_checked = shared_prefix is False

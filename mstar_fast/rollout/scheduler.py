@@ -135,7 +135,8 @@ class Run:
             if isinstance(m.rope_deltas, torch.Tensor):
                 delta = int(m.rope_deltas.reshape(-1)[0])
                 break
-        return kv.output_cache(out), out.logits[:, -1], int(enc["input_ids"].shape[1]) + delta
+        next_pos = int(enc["input_ids"].shape[1]) + delta + e.capabilities.position_offset  # PaliGemma: from 1
+        return kv.output_cache(out), out.logits[:, -1], next_pos
 
     def _prefill_group(self, g: Group, enc: dict, alone: bool) -> Entry | None:
         """Prefill one prompt and draw its first tokens. Returns the rows still running as a batch entry,

@@ -193,7 +193,8 @@ class SFTCollator:
         Returns None when the prompt alone does not fit ``max_length``."""
         if sample.prompt_id != prompt.id:
             raise ValueError(f"SFTCollator: sample of prompt {sample.prompt_id!r} paired with prompt {prompt.id!r}")
-        enc = encode_prompt(self.processor, prompt, **self.format_kwargs)
+        caps = self.capabilities or FamilyCapabilities(family="")
+        enc = encode_prompt(self.processor, prompt, **self.format_kwargs, processor_prompt_end=caps.processor_prompt_end)
         p_ids = torch.as_tensor(enc["input_ids"])
         if p_ids.dim() != 2 or p_ids.shape[0] != 1:
             raise ValueError(f"SFTCollator: expected the processor to return input_ids [1, P], got {tuple(p_ids.shape)}")
@@ -208,7 +209,6 @@ class SFTCollator:
         ids = torch.cat([p_ids[0].to(torch.int64), resp])
         labels = torch.cat([torch.full((P,), IGNORE_INDEX, dtype=torch.int64), resp])
         tok, extra = {}, {}
-        caps = self.capabilities or FamilyCapabilities(family="")
         for k, v in enc.items():
             if k in _CORE or k in caps.drop_inputs or not isinstance(v, torch.Tensor):
                 continue

@@ -262,3 +262,87 @@ def test_hybrid_cache_falls_back_at_construction(tok, family, caplog):
     _assert_scores(scorer, model, prompts[0])
     with pytest.raises(ValueError, match="use_prefix_sharing=True but"):
         RolloutEngine(model, tok, use_prefix_sharing=True)
+
+
+# ------------------------------------------------------------------------------------------ PaliGemma
+@pytest.fixture(scope="module")
+def paligemma():
+    """A tiny random PaliGemma (SigLIP + Gemma, prefix-LM token types) and its real processor."""
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    tok = tiny_tokenizer()
+    tok.add_special_tokens({"bos_token": "<bos>"})
+    tok.chat_template = None  # PaliGemma has none: its prompt is "<image>...<bos>question\n"
+    image_processor = SiglipImageProcessorPil(size={"height": 28, "width": 28})
+    image_processor.image_seq_length = 4  # (28 / 14) ** 2 patches
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
+    text = _small(tok, vocab_size=len(tok), hidden_activation="gelu_pytorch_tanh")
+    text["model_type"] = "gemma"
+    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 28, "patch_size": 14, "projection_dim": 32}
+    cfg = PaliGemmaConfig(text_config=text, vision_config=vision, image_token_index=processor.image_token_id,
+                          projection_dim=32, hidden_size=32)
+    torch.manual_seed(0)
+    return PaliGemmaForConditionalGeneration(cfg).float().eval(), processor
+
+
+def test_paligemma_prm_prompt_and_token_types(paligemma):
+    """The processor's `labels` never reach the prefill; response tokens are causal (token type 1, as
+    PaliGemma's generate makes them); the prompt ends in PaliGemma's own single "\\n"."""
+    model, processor = paligemma
+    scorer = PRMScorer(model, processor)
+    prompt = Prompt(id="p", question="What is 12 + 30?", images=[tiny_image(0)])
+    enc = scorer.encode_prompt(prompt)
+    assert "labels" not in enc
+    text = processor.tokenizer.decode(enc["input_ids"][0])
+    assert text.endswith("What is 12 + 30?\n"), text
+    _assert_scores(scorer, model, prompt)
+
+
+def test_paligemma_response_tokens_do_not_see_the_future(paligemma):
+    """Changing a late response token must not move the PRM's score of an earlier step."""
+    model, processor = paligemma
+    scorer = PRMScorer(model, processor)
+    prompt = Prompt(id="p", question="What is 12 + 30?", images=[tiny_image(0)])
+    a = scorer.score(prompt, ["1 + 1 = 2.\n\nSo 4.\n\nx"], share_prefix=False).step_scores[0]
+    b = scorer.score(prompt, ["1 + 1 = 2.\n\nSo 7.\n\ny"], share_prefix=False).step_scores[0]
+    assert a[0] == pytest.approx(b[0], abs=1e-6) and a[1] != pytest.approx(b[1], abs=1e-6)
+
+
+def test_paligemma_sft_loss_equals_the_processors_suffix_loss(paligemma):
+    """The SFT collator's batch == what PaliGemma's processor builds for fine-tuning (`suffix=`: token
+    types 1 and labels on the suffix), and the engine's loss == the model's loss on it."""
+    from mstar_fast.data import Sample
+    from mstar_fast.train.data import SFTCollator
+
+    model, processor = paligemma
+    prompt = Prompt(id="p", question="What is 12 + 30?", images=[tiny_image(0)])
+    response = "First add the tens: 10 + 30 = 40."
+    collator = SFTCollator(processor, capabilities=family_capabilities(model, processor))
+    batch = collator.collate([collator.encode(prompt, Sample(prompt_id="p", index=0, text=response))])
+    ref = processor(text=["<image>What is 12 + 30?"], images=[tiny_image(0)], suffix=[response], return_tensors="pt")
+    assert batch["input_ids"].tolist() == ref["input_ids"].tolist()
+    assert batch["token_type_ids"].tolist() == ref["token_type_ids"].tolist()
+    assert batch["labels"].tolist() == ref["labels"].tolist()
+    _assert_loss_matches(model, batch)
+
+
+def test_paligemma_greedy_rollout_equals_generate(paligemma):
+    from mstar_fast.models.prompting import encode_prompt
+    from mstar_fast.rollout import RolloutEngine
+
+    model, processor = paligemma
+    prompts = [Prompt(id=f"p{i}", question=q, images=[tiny_image(i)]) for i, q in enumerate(["What is 2 + 3?", "B?"])]
+    engine = RolloutEngine(model, processor)
+    out = engine.generate(prompts, n=2, temperature=0.0, max_new_tokens=6)
+    assert all(s.finish_reason != "error" for s in out), [s.meta for s in out]
+    for i, p in enumerate(prompts):
+        enc = encode_prompt(processor, p, processor_prompt_end="\n")
+        enc.pop("labels")
+        with torch.no_grad():
+            ref = model.generate(**enc, max_new_tokens=6, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist()
+        eos = set(engine.eos_ids)
+        if any(t in eos for t in ref):
+            ref = ref[: next(j for j, t in enumerate(ref) if t in eos) + 1]
+        assert out[2 * i].token_ids == ref and out[2 * i + 1].token_ids == ref
