@@ -4,6 +4,9 @@ generate on a tiny random model built offline from a shrunken config:
 * logit transforms (Granite divides, Cohere2 multiplies, Gemma 2 soft-caps; Aya Vision ignores its text
   config's ``logit_scale``): PRM step scores == the model's softmax over the two reward logits, the SFT
   loss == the model's own loss;
+* PaliGemma: no processor `labels` in the prefill, response token types 1, 1-indexed positions, its own
+  prompt end; Mllama: the 4-D cross-attention mask continued over the response (SFT collator, PRM);
+* hybrid caches (Qwen3.5, LFM2-VL): no prefix sharing, decided at construction;
 * refusals name the family and the reason.
 """
 
@@ -20,6 +23,8 @@ from mstar_fast.train.data import IGNORE_INDEX
 from mstar_fast.train.engine import CausalLMLoss
 
 transformers = pytest.importorskip("transformers")
+# PaliGemma's processor builds its BC `labels` with np.array(copy=False) on a list: numpy 2 warns, harmless.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 RESPONSES = [
     "First add the tens: 10 + 30 = 40.\n\nThen add the ones: 40 + 2 = 42.\n\n# Answer\n\n42",
@@ -44,7 +49,10 @@ def tok():
 def _small(tok, **kw):
     base = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=8, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
+                eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False,
+                # A larger init than the default 0.02: sharper attention and logits, so that a wrong mask,
+                # position or logit transform shows far above rounding.
+                initializer_range=0.2)
     base.update(kw)
     return base
 
@@ -328,21 +336,87 @@ def test_paligemma_sft_loss_equals_the_processors_suffix_loss(paligemma):
     _assert_loss_matches(model, batch)
 
 
-def test_paligemma_greedy_rollout_equals_generate(paligemma):
+# ------------------------------------------------------------------------------------------ Mllama
+@pytest.fixture(scope="module")
+def mllama():
+    """A tiny random Mllama (Llama-3.2-Vision: cross-attention layers, 4-D cross_attention_mask)."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    tok = tiny_tokenizer()
+    tok.add_special_tokens({"bos_token": "<bos>", "additional_special_tokens": ["<|image|>"]})
+    tok.chat_template = None
+    processor = MllamaProcessor(image_processor=MllamaImageProcessorPil(size={"height": 28, "width": 28},
+                                                                         max_image_tiles=2), tokenizer=tok)
+    text = _small(tok, vocab_size=len(tok), num_hidden_layers=3, cross_attention_layers=[1],
+                  bos_token_id=tok.bos_token_id)
+    for k in ("head_dim", "tie_word_embeddings"):
+        text.pop(k)
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_global_layers": 1,
+              "attention_heads": 2, "image_size": 28, "patch_size": 14, "max_num_tiles": 2,
+              "intermediate_layers_indices": [0], "vision_output_dim": 64,
+              "supported_aspect_ratios": [[1, 1], [1, 2], [2, 1]]}
+    cfg = MllamaConfig(text_config=text, vision_config=vision, image_token_index=tok.convert_tokens_to_ids("<|image|>"))
+    torch.manual_seed(0)
+    return MllamaForConditionalGeneration(cfg).float().eval(), processor
+
+
+def test_mllama_prm_extends_the_cross_attention_mask(mllama):
+    model, processor = mllama
+    scorer = PRMScorer(model, processor)
+    prompt = Prompt(id="p", question="What is 12 + 30?", images=[tiny_image(0)])
+    assert scorer.encode_prompt(prompt)["cross_attention_mask"].dim() == 4
+    _assert_scores(scorer, model, prompt)
+
+
+def test_mllama_sft_collator_extends_the_cross_attention_mask(mllama):
+    from mstar_fast.data import Sample
+    from mstar_fast.models.prompting import encode_prompt
+    from mstar_fast.train.data import SFTCollator
+
+    model, processor = mllama
+    collator = SFTCollator(processor, capabilities=family_capabilities(model, processor))
+    pairs = [(Prompt(id=f"p{i}", question=q, images=[tiny_image(i, size=s)]),
+              Sample(prompt_id=f"p{i}", index=0, text=r))
+             for i, (q, s, r) in enumerate([("What is 12 + 30?", (40, 30), "10 + 30 = 40. So 42."),
+                                            ("B?", (30, 60), "B")])]
+    examples = [collator.encode(p, s) for p, s in pairs]
+    batch = collator.collate(examples)
+    for b, (p, _) in enumerate(pairs):
+        mask = encode_prompt(processor, p)["cross_attention_mask"]
+        n = len(examples[b])
+        want = _extend_like_generate("cross_attention_mask", mask, n - mask.shape[1])[0]
+        got = batch["cross_attention_mask"][b, :n, : want.shape[1], : want.shape[2]]
+        assert got.tolist() == want.tolist()
+        assert not batch["cross_attention_mask"][b, n:].any()  # padding rows attend to no image
+    _assert_loss_matches(model, batch)
+
+
+@pytest.mark.parametrize("family", ["mllama", "paligemma"])
+def test_greedy_rollout_equals_generate(request, family):
+    """Both cache layouts (shared prefix where the probe passes, padded) give generate's tokens."""
     from mstar_fast.models.prompting import encode_prompt
     from mstar_fast.rollout import RolloutEngine
 
-    model, processor = paligemma
+    model, processor = request.getfixturevalue(family)
     prompts = [Prompt(id=f"p{i}", question=q, images=[tiny_image(i)]) for i, q in enumerate(["What is 2 + 3?", "B?"])]
-    engine = RolloutEngine(model, processor)
-    out = engine.generate(prompts, n=2, temperature=0.0, max_new_tokens=6)
-    assert all(s.finish_reason != "error" for s in out), [s.meta for s in out]
-    for i, p in enumerate(prompts):
-        enc = encode_prompt(processor, p, processor_prompt_end="\n")
-        enc.pop("labels")
-        with torch.no_grad():
-            ref = model.generate(**enc, max_new_tokens=6, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist()
-        eos = set(engine.eos_ids)
-        if any(t in eos for t in ref):
-            ref = ref[: next(j for j, t in enumerate(ref) if t in eos) + 1]
-        assert out[2 * i].token_ids == ref and out[2 * i + 1].token_ids == ref
+    caps = family_capabilities(model, processor)
+    for shared in (None, False):
+        engine = RolloutEngine(model, processor, shared_prefix=shared)
+        out = engine.generate(prompts, n=2, temperature=0.0, max_new_tokens=6)
+        assert all(s.finish_reason != "error" for s in out), [s.meta for s in out]
+        for i, p in enumerate(prompts):
+            enc = encode_prompt(processor, p, processor_prompt_end=caps.processor_prompt_end)
+            enc.pop("labels", None)
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=6, do_sample=False, output_logits=True,
+                                     return_dict_in_generate=True)
+            ref = gen.sequences[0, enc["input_ids"].shape[1]:].tolist()
+            eos = set(engine.eos_ids)
+            if any(t in eos for t in ref):
+                ref = ref[: next(j for j, t in enumerate(ref) if t in eos) + 1]
+            assert out[2 * i].token_ids == ref and out[2 * i + 1].token_ids == ref, (shared, p.id)
+            # The logprobs too: a wrong position id or mask moves them long before it flips a greedy token.
+            ref_lp = [float(torch.log_softmax(lg[0].float(), -1)[t]) for lg, t in zip(gen.logits, ref)]
+            torch.testing.assert_close(torch.tensor(out[2 * i].token_logprobs), torch.tensor(ref_lp), atol=2e-6,
+                                       rtol=0)
