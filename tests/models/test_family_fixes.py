@@ -420,3 +420,57 @@ def test_greedy_rollout_equals_generate(request, family):
             ref_lp = [float(torch.log_softmax(lg[0].float(), -1)[t]) for lg, t in zip(gen.logits, ref)]
             torch.testing.assert_close(torch.tensor(out[2 * i].token_logprobs), torch.tensor(ref_lp), atol=2e-6,
                                        rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ SmolVLM
+@pytest.fixture
+def smolvlm_dir(tmp_path, monkeypatch):
+    """A tiny SmolVLM saved the way the hub ships it (processor_config naming SmolVLMProcessor, whose video
+    processor needs torchvision), from the Idefics3 tiny model (SmolVLM's architecture is Idefics3's)."""
+    import json
+
+    from transformers.models.smolvlm import processing_smolvlm
+
+    from mstar_fast.demo.tiny import make_tiny_vlm
+
+    if processing_smolvlm.num2words is None:
+        # SmolVLMProcessor refuses to build without `num2words`, which it only uses to spell a video's frame
+        # count; image prompts never reach it, so a stand-in keeps this test running where it is missing.
+        monkeypatch.setattr(processing_smolvlm, "num2words", str)
+    out = make_tiny_vlm("idefics3", tmp_path / "smolvlm", vocab_size=300, hidden_size=32, image_size=32)
+    for name, edit in (("config.json", {"model_type": "smolvlm", "architectures": ["SmolVLMForConditionalGeneration"]}),
+                       ("processor_config.json", {"processor_class": "SmolVLMProcessor"})):
+        cfg = json.loads((out / name).read_text())
+        cfg.update(edit)
+        if name == "processor_config.json":
+            cfg["image_processor"]["image_processor_type"] = "SmolVLMImageProcessor"
+        else:
+            cfg["vision_config"]["model_type"] = "smolvlm_vision"
+        (out / name).write_text(json.dumps(cfg))
+    return out
+
+
+def test_smolvlm_without_video_processor_applies_its_chat_template(smolvlm_dir):
+    from transformers import AutoModelForImageTextToText
+
+    from mstar_fast.models.compat import build_processor_without_video
+    from mstar_fast.models.prompting import encode_prompt
+    from mstar_fast.rollout import RolloutEngine
+
+    processor = build_processor_without_video(smolvlm_dir)
+    assert type(processor).__name__ == "SmolVLMProcessor" and processor.video_processor is None
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is 2 + 3?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == "User:<image>What is 2 + 3?<end_of_utterance>\nAssistant:"
+    with pytest.raises(ValueError, match="without its video processor"):
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "video"}]}], tokenize=False)
+    # End to end: the model loads as SmolVLM and the rollout equals its generate.
+    model = AutoModelForImageTextToText.from_pretrained(smolvlm_dir).eval()
+    assert type(model).__name__ == "SmolVLMForConditionalGeneration"
+    prompt = Prompt(id="a", question="What is 2 + 3?", images=[tiny_image(0)])
+    out = RolloutEngine(model, processor).generate([prompt], n=1, temperature=0.0, max_new_tokens=5)
+    assert out[0].finish_reason != "error", out[0].meta
+    enc = encode_prompt(processor, prompt)
+    with torch.no_grad():
+        ref = model.generate(**enc, max_new_tokens=5, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist()
+    assert out[0].token_ids == ref[: len(out[0].token_ids)] and len(out[0].token_ids) >= 1
