@@ -474,3 +474,50 @@ def test_smolvlm_without_video_processor_applies_its_chat_template(smolvlm_dir):
     with torch.no_grad():
         ref = model.generate(**enc, max_new_tokens=5, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist()
     assert out[0].token_ids == ref[: len(out[0].token_ids)] and len(out[0].token_ids) >= 1
+
+
+# ------------------------------------------------------------------------------------------ dtypes
+class _Bf16PixelProcessor:
+    """A LLaVA processor that returns bf16 ``pixel_values``, as Llama 4's processor does."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def __call__(self, *args, **kwargs):
+        out = self._inner(*args, **kwargs)
+        if "pixel_values" in out:
+            out["pixel_values"] = out["pixel_values"].to(torch.bfloat16)
+        return out
+
+
+def test_floating_inputs_reach_the_model_in_its_dtype():
+    """PRMScorer, the SFT loss and the rollout all cast processor floats to the weights' dtype (one helper),
+    so a processor returning bf16 pixels for an fp32 model gives the same results as fp32 pixels."""
+    from mstar_fast.data import Sample
+    from mstar_fast.prm.testing import tiny_llava_prm
+    from mstar_fast.rollout import RolloutEngine
+    from mstar_fast.train.data import SFTCollator
+
+    model, processor = tiny_llava_prm(seed=0)
+    bf16 = _Bf16PixelProcessor(processor)
+    seen: list[torch.dtype] = []
+    hook = model.model.vision_tower.register_forward_pre_hook(lambda m, args, kw: seen.append(
+        (kw.get("pixel_values") if "pixel_values" in kw else args[0]).dtype), with_kwargs=True)
+    prompt = Prompt(id="p", question="What is 12 + 30?", images=[tiny_image(0)])
+    try:
+        scores = PRMScorer(model, bf16).score(prompt, RESPONSES).step_scores
+        collator = SFTCollator(bf16)
+        batch = collator.collate([collator.encode(prompt, Sample(prompt_id="p", index=0, text="10 + 30 = 40."))])
+        assert batch["pixel_values"].dtype == torch.bfloat16  # the processor's dtype, as collated
+        CausalLMLoss(model)(batch)
+        RolloutEngine(model, bf16).generate([prompt], n=1, temperature=0.0, max_new_tokens=2)
+    finally:
+        hook.remove()
+    assert seen and all(d == torch.float32 for d in seen), seen
+    # Same numbers as the pixels rounded to bf16 and given to the model in fp32.
+    want = _model_step_scores(model, PRMScorer(model, processor), prompt, RESPONSES)
+    rounded = [[pytest.approx(x, abs=5e-3) for x in s] for s in want]
+    assert scores == rounded
