@@ -179,6 +179,7 @@ def test_aya_vision_forward_ignores_logit_scale(tok):
     assert model.config.get_text_config().logit_scale == 0.37
     caps = family_capabilities(model)
     assert caps.logit_scale == 1.0 and caps.logit_softcap is None
+    _assert_scores(PRMScorer(model, tok), model, Prompt(id="p", question="What is 12 + 30?"))
     _assert_loss_matches(model, _loss_batch(tok, model))
 
 
