@@ -105,7 +105,7 @@ def _attr(name: str, text: bool = False, invert: bool = False) -> Callable[[Any]
     return read
 
 
-_NONE: Callable[[Any], float | None] = lambda cfg: None  # noqa: E731
+_NONE: Callable[[Any], float | None] = lambda cfg: None
 _LOGITS: dict[str, tuple[Callable[[Any], float | None], Callable[[Any], float | None]]] = {
     # logits * logit_scale
     **{t: (_attr("logit_scale"), _NONE) for t in ("cohere", "cohere2", "cohere2_moe", "cohere_compass_text")},
@@ -126,8 +126,11 @@ _LOGITS: dict[str, tuple[Callable[[Any], float | None], Callable[[Any], float | 
        for t in ("paligemma", "gemma3n", "gemma4", "mistral_large4", "inkling2")},
     **{t: (_attr("output_multiplier", text=True), _attr("final_logit_softcapping", text=True))
        for t in ("muse_glimmer", "muse_spark")},
-    # Carry a text config with a logit transform that their own forward never applies.
-    **{t: (_NONE, _NONE) for t in ("aya_vision", "cohere2_vision", "gemma3", "shieldgemma2")},
+    # Carry (or may wrap) a text config with a logit transform that their own forward never applies: the
+    # image-text model calls the bare text backbone and its own lm_head (e.g. Granite Vision is LLaVA-NeXT
+    # around a Granite text config whose logits_scaling it ignores).
+    **{t: (_NONE, _NONE) for t in ("aya_vision", "cohere2_vision", "gemma3", "shieldgemma2", "llava", "llava_next",
+                                   "llava_onevision", "llava_next_video", "mistral3", "internvl")},
 }
 # Config attributes that, in some family, change the logits after the head: (name, neutral value).
 _TRANSFORM_ATTRS = (("logit_scale", 1.0), ("logits_scaling", 1.0), ("final_logit_softcapping", None),
@@ -174,7 +177,10 @@ def logit_transform(model: Any) -> tuple[float, float | None]:
 def _cache_sharing(model: Any) -> tuple[bool, str | None]:
     """Whether every cache layer kind of the text decoder can repeat its rows (``batch_repeat_interleave``)."""
     try:
-        from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, get_layer_types_and_kwargs
+        from transformers.cache_utils import (
+            DYNAMIC_LAYER_TYPE_MAPPING,
+            get_layer_types_and_kwargs,
+        )
     except ImportError:  # another transformers release: the engines' runtime checks still apply
         return True, None
     tc = _text(model.config)

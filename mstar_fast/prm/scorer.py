@@ -382,8 +382,9 @@ class PRMScorer:
         if cache is None:
             raise ValueError("PRMScorer: the model returned no KV cache; use share_prefix=False")
         P = prefix["input_ids"].shape[1]
-        start = P + self._rope_delta() + self.capabilities.position_offset  # explicit positions: with a cache, some models (M-RoPE) cannot
-        # derive them from the mask of a continuation batch
+        # Explicit positions: with a cache, some models (M-RoPE) cannot derive them from the mask of a
+        # continuation batch; PaliGemma counts them from 1.
+        start = P + self._rope_delta() + self.capabilities.position_offset
         per_token = self._per_token(prefix)  # continued over the response as the family needs
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         chunks, positions_of = [], {}

@@ -194,7 +194,8 @@ class SFTCollator:
         if sample.prompt_id != prompt.id:
             raise ValueError(f"SFTCollator: sample of prompt {sample.prompt_id!r} paired with prompt {prompt.id!r}")
         caps = self.capabilities or FamilyCapabilities(family="")
-        enc = encode_prompt(self.processor, prompt, **self.format_kwargs, processor_prompt_end=caps.processor_prompt_end)
+        enc = encode_prompt(self.processor, prompt, **self.format_kwargs,
+                            processor_prompt_end=caps.processor_prompt_end)
         p_ids = torch.as_tensor(enc["input_ids"])
         if p_ids.dim() != 2 or p_ids.shape[0] != 1:
             raise ValueError(f"SFTCollator: expected the processor to return input_ids [1, P], got {tuple(p_ids.shape)}")

@@ -47,12 +47,13 @@ def tok():
 
 
 def _small(tok, **kw):
-    base = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=8, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False,
-                # A larger init than the default 0.02: sharper attention and logits, so that a wrong mask,
-                # position or logit transform shows far above rounding.
-                initializer_range=0.2)
+    base = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 512,
+            "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": None,
+            "tie_word_embeddings": False,
+            # A larger init than the default 0.02: sharper attention and logits, so that a wrong mask,
+            # position or logit transform shows far above rounding.
+            "initializer_range": 0.2}
     base.update(kw)
     return base
 
@@ -277,8 +278,14 @@ def test_hybrid_cache_falls_back_at_construction(tok, family, caplog):
 @pytest.fixture(scope="module")
 def paligemma():
     """A tiny random PaliGemma (SigLIP + Gemma, prefix-LM token types) and its real processor."""
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+    )
+    from transformers.models.siglip.image_processing_pil_siglip import (
+        SiglipImageProcessorPil,
+    )
 
     tok = tiny_tokenizer()
     tok.add_special_tokens({"bos_token": "<bos>"})
@@ -341,8 +348,14 @@ def test_paligemma_sft_loss_equals_the_processors_suffix_loss(paligemma):
 @pytest.fixture(scope="module")
 def mllama():
     """A tiny random Mllama (Llama-3.2-Vision: cross-attention layers, 4-D cross_attention_mask)."""
-    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
-    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+    from transformers import (
+        MllamaConfig,
+        MllamaForConditionalGeneration,
+        MllamaProcessor,
+    )
+    from transformers.models.mllama.image_processing_pil_mllama import (
+        MllamaImageProcessorPil,
+    )
 
     tok = tiny_tokenizer()
     tok.add_special_tokens({"bos_token": "<bos>", "additional_special_tokens": ["<|image|>"]})
@@ -522,3 +535,20 @@ def test_floating_inputs_reach_the_model_in_its_dtype():
     want = _model_step_scores(model, PRMScorer(model, processor), prompt, RESPONSES)
     rounded = [[pytest.approx(x, abs=5e-3) for x in s] for s in want]
     assert scores == rounded
+
+
+def test_llava_around_a_granite_text_config_ignores_its_logits_scaling(tok):
+    """Granite Vision's layout: LLaVA(-NeXT) around a Granite text config; LLaVA's forward calls the bare
+    Granite backbone and its own lm_head, so `logits_scaling` is never applied, and neither do we."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    text = _small(tok, logits_scaling=3.7)
+    text["model_type"] = "granite"
+    vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 28, "patch_size": 14}
+    cfg = LlavaConfig(text_config=text, vision_config=vision, image_token_index=tok.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(cfg).float().eval()
+    assert family_capabilities(model).logit_scale == 1.0
+    _assert_scores(PRMScorer(model, tok), model, Prompt(id="p", question="What is 12 + 30?"))
+    _assert_loss_matches(model, _loss_batch(tok, model))
