@@ -121,9 +121,11 @@ _LOGITS: dict[str, tuple[Callable[[Any], float | None], Callable[[Any], float | 
     "falcon_h1": (_attr("lm_head_multiplier"), _NONE),
     # soft-capping
     **{t: (_NONE, _attr("final_logit_softcapping"))
-       for t in ("gemma2", "gemma3_text", "gemma3n_text", "gemma4_text", "vaultgemma", "nanochat", "inkling2_text")},
+       for t in ("gemma2", "gemma3_text", "gemma3n_text", "gemma4_text", "gemma4_unified_text", "vaultgemma",
+                 "nanochat", "inkling2_text", "inkling2_loop_text", "beam")},
     **{t: (_NONE, _attr("final_logit_softcapping", text=True))
-       for t in ("paligemma", "gemma3n", "gemma4", "mistral_large4", "inkling2")},
+       for t in ("paligemma", "gemma3n", "gemma4", "gemma4_unified", "mistral_large4", "inkling2", "inkling2_loop")},
+    "recurrent_gemma": (_NONE, _attr("logits_soft_cap")),
     **{t: (_attr("output_multiplier", text=True), _attr("final_logit_softcapping", text=True))
        for t in ("muse_glimmer", "muse_spark")},
     # Carry (or may wrap) a text config with a logit transform that their own forward never applies: the
@@ -141,6 +143,10 @@ _REFUSED: dict[str, str] = {
               "text-only input), so no result of ours could be checked against the model",
     "dory": "its logits are scaled per vocabulary row by a learned vector, which no two-row head or fused "
             "loss reproduces",
+    "diffusion_gemma": "a block-diffusion model, not a causal decoder: there is no next-token rollout, PRM "
+                       "or SFT loss to run",
+    "t5gemma2": "an encoder-decoder model: the engines run decoder-only models whose prompt and response "
+                "share one causal sequence",
 }
 
 

@@ -552,3 +552,41 @@ def test_llava_around_a_granite_text_config_ignores_its_logits_scaling(tok):
     assert family_capabilities(model).logit_scale == 1.0
     _assert_scores(PRMScorer(model, tok), model, Prompt(id="p", question="What is 12 + 30?"))
     _assert_loss_matches(model, _loss_batch(tok, model))
+
+
+def test_logit_table_covers_every_transforming_forward_of_the_installed_transformers():
+    """Every causal-LM / image-text-to-text class of the installed transformers whose forward transforms
+    its logits after the head (`logits * ...`, `logits / ...`, `tanh(logits ...)`) is in the table (or
+    refused), and every table entry that transforms names a forward that does: a new transformers release
+    with a new such family fails here instead of being silently wrong."""
+    import pathlib
+    import re
+
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    from mstar_fast.models import families
+
+    root = pathlib.Path(transformers.__file__).parent / "models"
+    pattern = re.compile(r"logits\s*=\s*logits\s*[*/]|tanh\(logits|lm_head\(hidden_states[^)]*\)\s*\*|"
+                         r"hidden_states\s*=\s*hidden_states\s*/\s*self\.config\.logits_scaling|logit_softcap\(logits")
+    transforms: dict[str, bool] = {}
+    for model_type, cls in {**MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, **MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES}.items():
+        cls = cls[0] if isinstance(cls, (list, tuple)) else cls
+        module = model_type_to_module_name(model_type)
+        path = root / module / f"modeling_{module}.py"
+        src = path.read_text() if path.is_file() else ""
+        body = re.search(rf"\nclass {cls}\(.*?(?=\nclass |\Z)", src, re.DOTALL)
+        if body is None:  # an alias of another family's class (shieldgemma2 -> Gemma3): read under its own name
+            continue
+        forward = body.group(0)[body.group(0).find("def forward"):]
+        transforms[model_type] = bool(pattern.search(forward))
+    assert len(transforms) > 100  # the scan read the installed sources
+    missing = sorted(t for t, hit in transforms.items() if hit and t not in families._LOGITS and t not in families._REFUSED)
+    assert not missing, f"families whose forward transforms the logits but are not in the table: {missing}"
+    stale = sorted(t for t, (scale, cap) in families._LOGITS.items()
+                   if (scale is not families._NONE or cap is not families._NONE) and t in transforms and not transforms[t])
+    assert not stale, f"table entries whose forward applies no transform: {stale}"
