@@ -4,7 +4,8 @@ Some ``transformers`` processors (Qwen2-VL, Qwen2.5-VL, SmolVLM) hold a *video* 
 torchvision, so ``AutoProcessor.from_pretrained`` raises ImportError even for image-only use, while the
 image processor itself works through its PIL variant. :func:`build_processor_without_video` rebuilds the
 processor class named in ``processor_config.json`` with ``video_processor=None``: images and text behave
-exactly as with the real processor; passing videos raises.
+exactly as with the real processor (``apply_chat_template`` included, although SmolVLM's own reads the video
+processor's defaults on every call); passing videos raises.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+
+# Processor classes whose apply_chat_template override differs from ProcessorMixin's only for videos.
+_VIDEO_ONLY_TEMPLATE_OVERRIDES = frozenset({"SmolVLMProcessor"})
 
 
 def _no_video_subclass(cls: type) -> type:
@@ -37,9 +42,35 @@ def _no_video_subclass(cls: type) -> type:
             (out / "chat_template.jinja").write_text(self.chat_template)
         return files + [str(out / "processor_config.json")]
 
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        # Some classes' own override reads video-processor defaults on every call (SmolVLM:
+        # video_processor.num_frames / fps) and otherwise only picks a video template. Without a video
+        # processor and without videos, ProcessorMixin's rendering is what that override ends up calling.
+        if getattr(self, "video_processor", None) is not None or cls.__name__ not in _VIDEO_ONLY_TEMPLATE_OVERRIDES:
+            return cls.apply_chat_template(self, conversation, chat_template, **kwargs)
+        if _has_video(conversation):
+            raise ValueError(f"{cls.__name__} was built without its video processor (torchvision is missing), "
+                             "so conversations with videos cannot be processed")
+        from transformers.processing_utils import ProcessorMixin
+
+        return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+
     # Same name, so saved configs and logs still say e.g. "Qwen2VLProcessor".
     return type(cls.__name__, (cls,), {"check_argument_for_proper_class": check_argument_for_proper_class,
-                                       "save_pretrained": save_pretrained, "__module__": cls.__module__})
+                                       "save_pretrained": save_pretrained, "apply_chat_template": apply_chat_template,
+                                       "__module__": cls.__module__})
+
+
+def _has_video(conversation: Any) -> bool:
+    """True when a chat conversation (or a batch of them) holds a ``{"type": "video"}`` content part."""
+    if isinstance(conversation, dict):
+        content = conversation.get("content")
+        if isinstance(content, list):
+            return any(isinstance(c, dict) and c.get("type") == "video" for c in content)
+        return False
+    if isinstance(conversation, (list, tuple)):
+        return any(_has_video(c) for c in conversation)
+    return False
 
 
 def build_processor_without_video(path: str | Path, **kwargs: Any):

@@ -73,9 +73,12 @@ def _chat_template(processor: Any) -> str | None:
 
 
 def format_prompt(processor: Any, prompt: Prompt, instruction: str | None = None, include_choices: bool = False,
-                  template: str = PLAIN_TEMPLATE) -> tuple[str, bool]:
+                  template: str = PLAIN_TEMPLATE, processor_prompt_end: str = "") -> tuple[str, bool]:
     """Prompt text ready for the processor, with the generation prompt (assistant header) appended, then
     ``prompt.meta[RESPONSE_PREFIX_KEY]`` when set (a partial response the model continues).
+
+    ``processor_prompt_end``: text the processor appends to every prompt by itself (PaliGemma's ``"\n"``,
+    see :class:`mstar_fast.models.families.FamilyCapabilities`); the formatted turn does not end with it too.
 
     Returns:
         ``(text, templated)``; ``templated`` is True when a chat template produced it (its special
@@ -85,6 +88,8 @@ def format_prompt(processor: Any, prompt: Prompt, instruction: str | None = None
         PromptError: ``meta[RESPONSE_PREFIX_KEY]`` is set but is not a string.
     """
     text, templated = _format_turn(processor, prompt, instruction, include_choices, template)
+    if processor_prompt_end:
+        text = text.removesuffix(processor_prompt_end)
     prefix = (prompt.meta or {}).get(RESPONSE_PREFIX_KEY)
     if prefix is not None:
         if not isinstance(prefix, str):
@@ -110,16 +115,17 @@ def _format_turn(processor: Any, prompt: Prompt, instruction: str | None, includ
 
 
 def encode_prompt(processor: Any, prompt: Prompt, instruction: str | None = None, include_choices: bool = False,
-                  template: str = PLAIN_TEMPLATE) -> dict[str, Any]:
+                  template: str = PLAIN_TEMPLATE, processor_prompt_end: str = "") -> dict[str, Any]:
     """Processor outputs for one prompt (batch of 1): ``input_ids [1, P]``, ``attention_mask [1, P]`` and
     the model's image inputs (``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``, ...).
+    ``processor_prompt_end``: see :func:`format_prompt`.
 
     Raises:
         PromptError: an image cannot be opened, or the prompt has images but the model takes none.
     """
     if prompt.images and not is_multimodal_processor(processor):
         raise PromptError(f"prompt {prompt.id!r} has {len(prompt.images)} image(s) but the model is text-only")
-    text, templated = format_prompt(processor, prompt, instruction, include_choices, template)
+    text, templated = format_prompt(processor, prompt, instruction, include_choices, template, processor_prompt_end)
     if prompt.images:
         images = load_images(prompt.images)
         enc = processor(text=[text], images=images, return_tensors="pt", add_special_tokens=not templated)

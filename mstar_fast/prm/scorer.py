@@ -29,6 +29,12 @@ import torch
 from mstar_fast import ops
 from mstar_fast.data.images import load_image
 from mstar_fast.data.records import Prompt, Sample
+from mstar_fast.models.families import (
+    cast_floating_inputs,
+    extend_token_inputs,
+    family_capabilities,
+    log_no_prefix_sharing,
+)
 
 # Contexts in which the step tag must stay one token (checked at construction).
 _TAG_PROBES = ("1 + 1 = 2.", "Step 1: x", "so the answer is 5", "\\frac{1}{2}", "B", "angle ABC")
@@ -108,8 +114,15 @@ class PRMScorer:
 
     Raises:
         ValueError: at construction, when the step tag or a reward token is not one token (the message
-            says which string failed and how it tokenized), when the model has no LM head and no value
-            head is given, or when the model transforms its logits after the head (soft-capping).
+            says which string failed and how it tokenized), or when the model has no LM head and no value
+            head is given.
+        UnsupportedFamilyError: (a ValueError) the model family cannot be scored exactly
+            (:func:`mstar_fast.models.families.family_capabilities` says why).
+
+    Families whose forward transforms the logits after the head get the same transform on the two reward
+    logits: a scale (Granite, Cohere) is folded into the two head rows, a soft-cap (Gemma 2) is applied to
+    the two logits. Families whose cache cannot be shared by several continuations (linear-attention
+    layers) run with ``share_prefix=False``, with the reason logged.
 
     Example (a tiny random LLaVA, so the scores themselves mean nothing):
 
@@ -151,6 +164,10 @@ class PRMScorer:
         self.step_separator = step_separator
         self.answer_marker = answer_marker
         self.prompt_format = prompt_format
+        self.capabilities = family_capabilities(model, processor)
+        if share_prefix and not self.capabilities.prefix_sharing:
+            log_no_prefix_sharing("PRMScorer", self.capabilities)
+            share_prefix = False
         self.share_prefix = share_prefix
         if max_batch_tokens < 1:
             raise ValueError(f"PRMScorer: max_batch_tokens must be >= 1, got {max_batch_tokens}")
@@ -161,13 +178,6 @@ class PRMScorer:
         self.backbone = self._find_backbone(model)
         self._rope_holders = [m for m in model.modules() if "rope_deltas" in vars(m)]
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.backbone.forward).parameters else "past_key_values"
-        config = getattr(model, "config", None)
-        text_config = getattr(config, "text_config", None) or config
-        if getattr(text_config, "final_logit_softcapping", None):
-            raise ValueError(
-                "PRMScorer: the model soft-caps its logits after the LM head (final_logit_softcapping); "
-                "the two-row head would not reproduce its probabilities"
-            )
         self.reward_token_ids: tuple[int, int] | None = None
         if value_head is not None:
             if isinstance(value_head, torch.nn.Linear):
@@ -187,6 +197,13 @@ class PRMScorer:
             rows = torch.tensor([good, bad], device=head.weight.device)
             weight = head.weight.detach().index_select(0, rows)  # 2 rows, never the [V, H] projection
             bias = head.bias.detach().index_select(0, rows) if getattr(head, "bias", None) is not None else None
+            # The model's logits are softcap(scale * (h @ W.T + b)): the scale is folded into the two rows
+            # (exact up to rounding); a soft-cap is applied to the two logits in `_step_scores`.
+            scale = self.capabilities.logit_scale
+            if scale != 1.0:
+                weight = weight * scale
+                bias = bias * scale if bias is not None else None
+        self.logit_softcap = self.capabilities.logit_softcap if value_head is None else None
         self.head_weight = weight.detach().clone()
         self.head_bias = bias.detach().clone() if bias is not None else None
 
@@ -236,6 +253,12 @@ class PRMScorer:
         """The prompt text fed to the PRM (see ``prompt_format``)."""
         if self.prompt_format is not None:
             return self.prompt_format(prompt, self.processor)
+        end = self.capabilities.processor_prompt_end
+        text = self._default_format(prompt)
+        # A processor that appends its own prompt end (PaliGemma: "\n") must not get a second one.
+        return text.removesuffix(end) if end else text
+
+    def _default_format(self, prompt: Prompt) -> str:
         n_images = len(prompt.images)
         template_owner = self.processor if getattr(self.processor, "chat_template", None) else None
         if template_owner is not None:
@@ -257,7 +280,9 @@ class PRMScorer:
             enc = self.processor(text=text, images=images, return_tensors="pt")
         else:
             enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+        drop = self.capabilities.drop_inputs
+        return cast_floating_inputs({k: v for k, v in enc.items() if isinstance(v, torch.Tensor) and k not in drop},
+                                    self._dtype)
 
     def encode_response(self, text: str) -> tuple[list[int], list[int]]:
         """Token ids of a response with the step tag after every step, and the tag positions in them.
@@ -284,6 +309,31 @@ class PRMScorer:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _per_token(self, prefix: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-token prefix inputs other than ids and mask (token types, Mllama's cross-attention mask):
+        ``[1, P, ...]`` tensors."""
+        shape = tuple(prefix["input_ids"].shape)
+        return {k: v for k, v in prefix.items()
+                if k not in ("input_ids", "attention_mask") and v.dim() >= 2 and tuple(v.shape[:2]) == shape}
+
+    def _step_scores(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``[S]`` float32 P(good step) at ``positions`` of ``hidden`` (see ``ops.prm_step_scores``)."""
+        weight, bias = self._head(hidden)
+        if self.logit_softcap is None:
+            return ops.prm_step_scores(hidden, positions, weight, bias)
+        # Soft-capped logits (Gemma 2): the op takes no soft-cap, so the two logits are computed here, exactly
+        # as the model's forward does (cap * tanh(logits / cap)), then the same fp32 two-way softmax.
+        logits = hidden.index_select(0, positions).float() @ weight.float().T
+        if bias is not None:
+            logits = logits + bias.float()
+        cap = self.logit_softcap
+        logits = torch.tanh(logits / cap) * cap
+        return torch.softmax(logits, dim=-1)[:, 0]
 
     def _head(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         w = self.head_weight.to(device=hidden.device, dtype=hidden.dtype)
@@ -332,12 +382,10 @@ class PRMScorer:
         if cache is None:
             raise ValueError("PRMScorer: the model returned no KV cache; use share_prefix=False")
         P = prefix["input_ids"].shape[1]
-        start = P + self._rope_delta()  # explicit positions: with a cache, some models (M-RoPE) cannot
-        # derive them from the mask of a continuation batch
-        per_token = {  # per-token side inputs (token types): zeros for text continuations
-            k: v for k, v in prefix.items()
-            if k not in ("input_ids", "attention_mask") and v.dim() == 2 and v.shape == prefix["input_ids"].shape
-        }
+        # Explicit positions: with a cache, some models (M-RoPE) cannot derive them from the mask of a
+        # continuation batch; PaliGemma counts them from 1.
+        start = P + self._rope_delta() + self.capabilities.position_offset
+        per_token = self._per_token(prefix)  # continued over the response as the family needs
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         chunks, positions_of = [], {}
         base = 0
@@ -349,7 +397,10 @@ class PRMScorer:
                 positions_of[i] = [base + r * L + t for t in encoded[i][1]]
             batch_cache = copy.deepcopy(cache)
             batch_cache.batch_repeat_interleave(len(batch))
-            extra = {k: torch.zeros((len(batch), L), dtype=v.dtype, device=v.device) for k, v in per_token.items()}
+            extra = {}
+            for k, v in per_token.items():
+                tail = extend_token_inputs(k, v, L, self.capabilities)[:, P:]  # [1, L, ...]
+                extra[k] = tail.expand(len(batch), *tail.shape[1:])
             mask = torch.ones((len(batch), P + L), dtype=torch.long, device=self.device)
             pos = (start + torch.arange(L, device=self.device)).expand(len(batch), L)
             o = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
@@ -372,10 +423,11 @@ class PRMScorer:
             full = dict(prefix)
             cont = torch.tensor([ids], dtype=torch.long, device=self.device)
             full["input_ids"] = torch.cat([prefix["input_ids"], cont], dim=1)
-            for k, v in prefix.items():
-                if k != "input_ids" and v.dim() == 2 and v.shape == prefix["input_ids"].shape:
-                    fill = torch.ones_like(cont) if k == "attention_mask" else torch.zeros_like(cont)
-                    full[k] = torch.cat([v, fill.to(v.dtype)], dim=1)
+            if "attention_mask" in prefix:
+                full["attention_mask"] = torch.cat([prefix["attention_mask"], torch.ones_like(cont).to(
+                    prefix["attention_mask"].dtype)], dim=1)
+            for k, v in self._per_token(prefix).items():
+                full[k] = extend_token_inputs(k, v, cont.shape[1], self.capabilities)
             self._reset_rope_deltas()
             h = self._forward(**full, use_cache=False).last_hidden_state[0]
             chunks.append(h)
@@ -390,6 +442,7 @@ class PRMScorer:
         ``share_prefix`` overrides the constructor's choice for this call.
         """
         share = self.share_prefix if share_prefix is None else share_prefix
+        share = share and self.capabilities.prefix_sharing  # e.g. linear-attention caches: never shared
         encoded = [self.encode_response(r) for r in responses]
         counts = [len(tags) for _, tags in encoded]
         if sum(counts) == 0:
@@ -398,8 +451,7 @@ class PRMScorer:
         prefix = {k: v.to(self.device) for k, v in self.encode_prompt(prompt).items()}
         run = self._tag_hidden_shared if share else self._tag_hidden_independent
         hidden, positions = run(prefix, [encoded[i] for i in live])
-        weight, bias = self._head(hidden)
-        step = ops.prm_step_scores(hidden, positions, weight, bias)
+        step = self._step_scores(hidden, positions)
         offsets = torch.tensor([0] + counts, dtype=torch.long).cumsum(0).to(step.device)
         per_response = ops.segment_reduce(step, offsets, "min")
         flat = step.cpu().tolist()

@@ -28,6 +28,7 @@ import torch
 
 from mstar_fast.constants import ROLLOUT_BACKENDS
 from mstar_fast.data.records import Prompt, Sample
+from mstar_fast.models.families import family_capabilities, log_no_prefix_sharing
 from mstar_fast.models.prompting import PLAIN_TEMPLATE, get_tokenizer
 from mstar_fast.rollout import kv, shared_prefix
 from mstar_fast.rollout.params import check_generate_args, resolve_params
@@ -75,8 +76,9 @@ class RolloutEngine:
         max_model_len: context length; default the model config's ``max_position_embeddings``. A prompt
             that fills it gets an error sample; generation stops (``"length"``) when it is reached.
         eos_token_id: id(s) that end a sample; default the model's generation config, else the tokenizer's.
-        use_prefix_sharing: None (auto: on when the model returns a ``transformers`` cache), False to
-            always use the model's own ``generate`` (one call per prompt, ``num_return_sequences=n``).
+        use_prefix_sharing: None (auto: on when the model returns a ``transformers`` cache whose rows can
+            be repeated; off, with the reason logged, for caches with linear-attention / conv layers), False
+            to always use the model's own ``generate`` (one call per prompt, ``num_return_sequences=n``).
         shared_prefix: keep one copy of each prompt's KV cache for all its samples and decode with
             cascade attention (:mod:`~mstar_fast.rollout.shared_prefix`). None (auto: on when a one-step
             probe shows the model's attention goes through ``AttentionInterface`` and matches), True
@@ -108,7 +110,6 @@ class RolloutEngine:
         self.max_model_len = max_model_len or _context_length(model) or 1 << 30
         self.eos_ids = _eos_ids(model, self.tokenizer, eos_token_id)
         self.progress = progress
-        self.format_kwargs = {"instruction": instruction, "include_choices": include_choices, "template": template}
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         params = inspect.signature(model.forward).parameters
@@ -117,7 +118,17 @@ class RolloutEngine:
         self._accepts_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
         self._input_names = set(params)
         has_cache_arg = self._cache_kw in params
+        # The rollout reads the model's own logits, so only the family's inputs and cache matter here.
+        self.capabilities = family_capabilities(model, processor, reads_logits=False)
+        if use_prefix_sharing and not self.capabilities.prefix_sharing:
+            raise ValueError(f"RolloutEngine: use_prefix_sharing=True but {self.capabilities.family}: "
+                             f"{self.capabilities.prefix_sharing_reason}; use use_prefix_sharing=None or False")
+        if use_prefix_sharing is None and has_cache_arg and not self.capabilities.prefix_sharing:
+            log_no_prefix_sharing("RolloutEngine", self.capabilities)
+            use_prefix_sharing = False
         self.prefix_sharing = has_cache_arg if use_prefix_sharing is None else bool(use_prefix_sharing)
+        self.format_kwargs = {"instruction": instruction, "include_choices": include_choices, "template": template,
+                              "processor_prompt_end": self.capabilities.processor_prompt_end}
         self.mergeable: bool | None = None  # can rows of several prompts share a cache? (known after a prefill)
         self.shared_prefix = shared_prefix
         self._shared_checked = shared_prefix is False

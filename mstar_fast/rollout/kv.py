@@ -35,7 +35,10 @@ def output_cache(out: Any) -> Any:
 def supports_row_ops(cache: Any) -> bool:
     """True for a ``transformers.Cache`` that can repeat and select batch rows."""
     methods = ("batch_repeat_interleave", "batch_select_indices", "get_seq_length")
-    return hasattr(cache, "layers") and all(callable(getattr(cache, m, None)) for m in methods)
+    if not (hasattr(cache, "layers") and all(callable(getattr(cache, m, None)) for m in methods)):
+        return False
+    # The cache delegates to its layers, and some layer kinds (linear-attention / conv state) lack them.
+    return all(callable(getattr(layer, m, None)) for layer in cache.layers for m in methods[:2])
 
 
 def _dynamic_layer() -> type | None:

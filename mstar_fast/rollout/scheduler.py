@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from mstar_fast.data.records import Prompt, Sample
+from mstar_fast.models.families import cast_floating_inputs
 from mstar_fast.models.prompting import PromptError, encode_prompt
 from mstar_fast.ops import sample_from_logits
 from mstar_fast.rollout import kv, shared_prefix
@@ -117,14 +118,10 @@ class Run:
 
     # ------------------------------------------------------------------ model calls
     def _inputs(self, enc: dict) -> dict:
-        e, out = self.eng, {}
-        for k, v in enc.items():
-            if not (e._accepts_any or k in e._input_names):
-                continue
-            if isinstance(v, torch.Tensor):
-                v = v.to(e.device, dtype=e.dtype if v.is_floating_point() else None)
-            out[k] = v
-        return out
+        e = self.eng
+        drop = e.capabilities.drop_inputs  # e.g. PaliGemma's prefix-only `labels`
+        keep = {k: v for k, v in enc.items() if (e._accepts_any or k in e._input_names) and k not in drop}
+        return cast_floating_inputs(keep, e.dtype, e.device)
 
     def _prefill(self, enc: dict) -> tuple[Any, torch.Tensor, int]:
         """One forward over the whole prompt (vision encoder included). Returns (1-row cache, last logits
@@ -138,7 +135,8 @@ class Run:
             if isinstance(m.rope_deltas, torch.Tensor):
                 delta = int(m.rope_deltas.reshape(-1)[0])
                 break
-        return kv.output_cache(out), out.logits[:, -1], int(enc["input_ids"].shape[1]) + delta
+        next_pos = int(enc["input_ids"].shape[1]) + delta + e.capabilities.position_offset  # PaliGemma: from 1
+        return kv.output_cache(out), out.logits[:, -1], next_pos
 
     def _prefill_group(self, g: Group, enc: dict, alone: bool) -> Entry | None:
         """Prefill one prompt and draw its first tokens. Returns the rows still running as a batch entry,

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from mstar_fast.data.records import Prompt, Sample
+from mstar_fast.models.families import FamilyCapabilities, extend_token_inputs
 from mstar_fast.models.prompting import PLAIN_TEMPLATE, encode_prompt, get_tokenizer
 
 logger = logging.getLogger("mstar_fast")
@@ -35,8 +36,9 @@ _CORE = ("input_ids", "labels", "attention_mask")
 @dataclass
 class EncodedExample:
     """One training sequence. ``input_ids`` / ``labels``: ``[T]`` int64 (labels ``-100`` outside the
-    response); ``token_extras``: ``[T]`` per-token model inputs (padded with 0); ``extras``: other model
-    inputs, concatenated along dim 0 when batched (processor outputs of a batch of one)."""
+    response); ``token_extras``: ``[T, ...]`` per-token model inputs (``[T]`` token types, Mllama's
+    ``[T, images, tiles]`` cross-attention mask; padded with 0); ``extras``: other model inputs,
+    concatenated along dim 0 when batched (processor outputs of a batch of one)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -141,12 +143,18 @@ class SFTCollator:
         use_token_ids: train on ``Sample.token_ids`` (the exact sampled ids) when present and no stop
             string cut the text; otherwise re-tokenize ``Sample.text``.
         pad_to_multiple_of: pad micro-batch lengths up to a multiple of this.
+        capabilities: the model family's needs (:func:`mstar_fast.models.families.family_capabilities`):
+            how per-token inputs continue over the response (PaliGemma's token types are 1 there, Mllama's
+            cross-attention mask repeats its last prompt row; default 0). :class:`SFTEngine` sets it from
+            its model when left None.
     """
 
     def __init__(self, processor: Any, *, eos_token_id: int | None = None, instruction: str | None = None,
                  include_choices: bool = False, template: str | None = None, max_length: int | None = None,
-                 use_token_ids: bool = True, pad_to_multiple_of: int | None = None):
+                 use_token_ids: bool = True, pad_to_multiple_of: int | None = None,
+                 capabilities: FamilyCapabilities | None = None):
         self.processor = processor
+        self.capabilities = capabilities
         self.tokenizer = get_tokenizer(processor)
         self.eos_token_id = eos_token_id if eos_token_id is not None else getattr(self.tokenizer, "eos_token_id", None)
         pad = getattr(self.tokenizer, "pad_token_id", None)
@@ -185,7 +193,9 @@ class SFTCollator:
         Returns None when the prompt alone does not fit ``max_length``."""
         if sample.prompt_id != prompt.id:
             raise ValueError(f"SFTCollator: sample of prompt {sample.prompt_id!r} paired with prompt {prompt.id!r}")
-        enc = encode_prompt(self.processor, prompt, **self.format_kwargs)
+        caps = self.capabilities or FamilyCapabilities(family="")
+        enc = encode_prompt(self.processor, prompt, **self.format_kwargs,
+                            processor_prompt_end=caps.processor_prompt_end)
         p_ids = torch.as_tensor(enc["input_ids"])
         if p_ids.dim() != 2 or p_ids.shape[0] != 1:
             raise ValueError(f"SFTCollator: expected the processor to return input_ids [1, P], got {tuple(p_ids.shape)}")
@@ -201,10 +211,10 @@ class SFTCollator:
         labels = torch.cat([torch.full((P,), IGNORE_INDEX, dtype=torch.int64), resp])
         tok, extra = {}, {}
         for k, v in enc.items():
-            if k in _CORE or not isinstance(v, torch.Tensor):
+            if k in _CORE or k in caps.drop_inputs or not isinstance(v, torch.Tensor):
                 continue
-            if v.dim() == 2 and tuple(v.shape) == (1, P):  # per-token (mm_token_type_ids, ...): response = 0
-                tok[k] = torch.cat([v[0], torch.zeros(len(resp), dtype=v.dtype)])
+            if v.dim() >= 2 and tuple(v.shape[:2]) == (1, P):  # per-token: continued as the family needs
+                tok[k] = extend_token_inputs(k, v, len(resp), caps)[0]
             else:
                 extra[k] = v
         return EncodedExample(ids, labels, tok, extra)
@@ -244,7 +254,7 @@ def _pad_cat(name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
 def collate(examples: Sequence[EncodedExample], pad_token_id: int = 0,
             pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
     """Right-pad examples into ``input_ids``/``attention_mask``/``labels`` ``[B, T]`` (labels ``-100`` on
-    padding), per-token extras ``[B, T]`` (0 on padding) and concatenated other extras."""
+    padding), per-token extras ``[B, T, ...]`` (0 on padding) and concatenated other extras."""
     if not examples:
         raise ValueError("collate: no examples")
     B = len(examples)
@@ -255,8 +265,12 @@ def collate(examples: Sequence[EncodedExample], pad_token_id: int = 0,
     labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.int64)
     mask = torch.zeros((B, T), dtype=torch.int64)
     tok_keys = sorted({k for e in examples for k in e.token_extras})
-    toks = {k: torch.zeros((B, T), dtype=next(e.token_extras[k].dtype for e in examples if k in e.token_extras))
-            for k in tok_keys}
+    toks = {}
+    for k in tok_keys:
+        parts = [e.token_extras[k] for e in examples if k in e.token_extras]
+        # [T, ...] per example; trailing dims (Mllama's images x tiles) zero-padded to the largest
+        trailing = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
+        toks[k] = torch.zeros((B, T, *trailing), dtype=parts[0].dtype)
     for b, e in enumerate(examples):
         n = len(e)
         ids[b, :n] = e.input_ids
@@ -264,7 +278,8 @@ def collate(examples: Sequence[EncodedExample], pad_token_id: int = 0,
         mask[b, :n] = 1
         for k in tok_keys:
             if k in e.token_extras:
-                toks[k][b, :n] = e.token_extras[k]
+                v = e.token_extras[k]
+                toks[k][(b, slice(0, n), *(slice(0, s) for s in v.shape[1:]))] = v
     out = {"input_ids": ids, "attention_mask": mask, "labels": labels, **toks}
     for k in sorted({k for e in examples for k in e.extras}):
         out[k] = _pad_cat(k, [e.extras[k] for e in examples if k in e.extras])

@@ -37,6 +37,7 @@ from torch import nn
 from mstar_fast.config import SFTConfig
 from mstar_fast.constants import TRAIN_MODES as MODES  # noqa: F401  (re-exported by mstar_fast.train)
 from mstar_fast.data.records import Prompt, Sample
+from mstar_fast.models.families import cast_floating_inputs, family_capabilities
 from mstar_fast.ops.fused_linear_cross_entropy import fused_linear_cross_entropy
 from mstar_fast.train import distributed as D
 from mstar_fast.train.data import (
@@ -99,25 +100,30 @@ class CausalLMLoss(nn.Module):
     hidden states, keeps the positions whose next-token label is not ``-100`` and feeds them with the
     LM head weight to the fused cross-entropy. Running through this module's own ``forward`` lets
     DDP / FSDP2 hooks see every parameter, the LM head included.
+
+    Families whose forward transforms the logits after the head (:func:`mstar_fast.models.families.
+    family_capabilities`) get the same loss as their own: a scale (Granite, Cohere) multiplies the hidden
+    rows and the bias before the fused op; a soft-cap (Gemma 2) takes an exact unfused, chunked path.
+
+    Raises:
+        UnsupportedFamilyError: (a ValueError) a family the loss cannot reproduce.
+        ValueError: the model has no LM head.
     """
 
     def __init__(self, model: nn.Module, chunk_size: int | None = None):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
-        cfg = getattr(model, "config", None)
-        text_cfg = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
-        for attr in ("final_logit_softcapping", "logit_scale"):
-            v = getattr(text_cfg, attr, None)
-            if v not in (None, 1, 1.0):
-                raise ValueError(f"CausalLMLoss: the model post-processes its logits ({attr}={v}), which the "
-                                 "fused linear cross-entropy does not reproduce")
+        # Raises UnsupportedFamilyError (a ValueError) for a family whose logits cannot be reproduced.
+        self.capabilities = family_capabilities(model)
         if model.get_output_embeddings() is None:
             raise ValueError(f"CausalLMLoss: {type(model).__name__} has no output embeddings (LM head)")
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
         labels = batch["labels"]
+        # Processors may return pixels in another float dtype than the weights (bf16 for an fp32 model).
+        dtype = next(self.model.parameters()).dtype
+        inputs = cast_floating_inputs({k: v for k, v in batch.items() if k != "labels"}, dtype)
         out = self.model.base_model(**inputs, use_cache=False)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         shift = labels[:, 1:]
@@ -128,8 +134,43 @@ class CausalLMLoss(nn.Module):
             # No loss here (e.g. a dummy micro-batch): a zero that still touches the head, so that every
             # parameter that gets a gradient on other ranks gets one (of zeros) here too.
             return (hidden.sum() + head.weight.sum()) * 0.0
-        return fused_linear_cross_entropy(rows, head.weight, shift[keep], bias=getattr(head, "bias", None),
+        bias = getattr(head, "bias", None)
+        caps = self.capabilities
+        if caps.logit_scale != 1.0:
+            # logits = scale * (h @ W.T + b) = (scale * h) @ W.T + scale * b: the op's signature is unchanged.
+            rows = rows * caps.logit_scale
+            bias = bias * caps.logit_scale if bias is not None else None
+        if caps.logit_softcap is not None:
+            return _softcapped_cross_entropy(rows, head.weight, bias, shift[keep], caps.logit_softcap,
+                                             self.chunk_size)
+        return fused_linear_cross_entropy(rows, head.weight, shift[keep], bias=bias,
                                           reduction="sum", chunk_size=self.chunk_size)
+
+
+def _softcapped_cross_entropy(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                              labels: torch.Tensor, cap: float, chunk_size: int | None) -> torch.Tensor:
+    """Summed cross-entropy of ``cap * tanh((rows @ weight.T + bias) / cap)`` (Gemma 2-style soft-capped
+    logits), which the fused op does not compute: an exact unfused path, in chunks of rows so that at most
+    ``[chunk, V]`` fp32 logits live at once (each chunk is recomputed in backward by checkpointing).
+
+    Args: ``rows [N, H]``, ``weight [V, H]``, ``bias [V]`` or None, ``labels [N]`` int64 (no -100 left).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_loss(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = (r @ weight.T).float()
+        if bias is not None:
+            logits = logits + bias.float()
+        logits = torch.tanh(logits / cap) * cap
+        return torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+
+    step = chunk_size or max(1, (1 << 24) // max(1, weight.shape[0]))  # ~64 MiB of fp32 logits per chunk
+    total = rows.new_zeros((), dtype=torch.float32)
+    for a in range(0, rows.shape[0], step):
+        r, y = rows[a : a + step], labels[a : a + step]
+        total = total + (checkpoint(chunk_loss, r, y, use_reentrant=False) if torch.is_grad_enabled()
+                         else chunk_loss(r, y))
+    return total
 
 
 def find_vision_encoder(model: nn.Module) -> nn.Module | None:
@@ -200,6 +241,8 @@ class SFTEngine:
 
         self.model = model
         self.loss_module = CausalLMLoss(model, chunk_size=config.loss_chunk_size)
+        if collator is not None and collator.capabilities is None:
+            collator.capabilities = self.loss_module.capabilities  # token types / masks over the response
         self.parallel = D.resolve_parallel(config.parallel, self.device)
         self.wrapped = D.wrap_module(self.loss_module, self.parallel, self.device,
                                      find_unused_parameters=config.find_unused_parameters)
