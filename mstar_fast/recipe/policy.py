@@ -55,10 +55,12 @@ def kv_bytes_per_position(model: nn.Module) -> int | None:
 
 
 def free_memory_bytes(device: torch.device) -> int | None:
-    """Memory this rank can still allocate: free CUDA memory of ``device``, or on CPU the node's
+    """Memory this rank can still allocate: on CUDA the device's free memory plus what torch's caching
+    allocator holds unused (e.g. the full weights freed when FSDP2 sharded them), on CPU the node's
     ``MemAvailable`` split between the node's ranks (torchrun's ``LOCAL_WORLD_SIZE``); None if unknown."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + int(cached)
     if device.type == "cpu":
         try:
             with open("/proc/meminfo") as f:

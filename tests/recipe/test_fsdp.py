@@ -24,7 +24,7 @@ import torch
 
 from mstar_fast.demo.run import QUICK
 from mstar_fast.errors import UserError
-from mstar_fast.recipe.policy import check_inference_copy_fits, kv_bytes_per_position
+from mstar_fast.recipe.policy import check_inference_copy_fits, free_memory_bytes, kv_bytes_per_position
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo.yaml"
@@ -106,6 +106,17 @@ def test_kv_bytes_per_position_from_the_config():
     model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     assert kv_bytes_per_position(model) == 2 * 3 * 2 * (32 // 4) * 2  # K and V x layers x kv heads x dim x bf16
     assert kv_bytes_per_position(torch.nn.Linear(2, 2)) is None
+
+
+def test_free_memory_on_cpu_is_split_between_the_node_ranks(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    one = free_memory_bytes(torch.device("cpu"))
+    if one is None:
+        pytest.skip("no /proc/meminfo on this system")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    four = free_memory_bytes(torch.device("cpu"))
+    assert one > 0 and four == pytest.approx(one / 4, rel=0.25)  # MemAvailable moves a little in between
+    assert free_memory_bytes(torch.device("meta")) is None
 
 
 def test_copy_full_weights_checks_names_and_shapes():
