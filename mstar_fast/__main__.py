@@ -3,8 +3,8 @@
     torchrun --nproc_per_node=2 -m mstar_fast run configs/demo.yaml
 
 Sampling and PRM scoring are sharded over the ranks, samples are gathered on rank 0 (which writes the run
-directory), and training runs under DDP (:mod:`mstar_fast.train.distributed`; FSDP2 training needs a
-sampler that can run a sharded policy, which the loop does not have yet, so it refuses ``train.parallel=fsdp``).
+directory), and training runs under DDP or FSDP2 (``train.parallel``; :mod:`mstar_fast.train.distributed`;
+under FSDP2 each rank samples from an unsharded inference copy, :mod:`mstar_fast.recipe.policy`).
 """
 
 import sys

@@ -16,8 +16,9 @@ twice or lost, and ends with the same metrics as an uninterrupted run (CPU, same
 
 Under ``torchrun`` every rank runs this file: sampling and PRM scoring of the iterations (and the warm-up's
 sampling) are sharded over ranks and gathered on rank 0 (the :class:`~mstar_fast.train.distributed.World`
-each stage is handed), training runs under DDP (FSDP2 is refused: each rank samples with its whole policy),
-and rank 0 alone writes files, trains the PRM and runs the monitor (the other ranks wait for its results).
+each stage is handed), training runs under DDP or FSDP2 (``train.parallel``; under FSDP2 rollouts run on
+an unsharded inference copy of the policy, :mod:`mstar_fast.recipe.policy`, docs/scaling.md), and rank 0
+alone writes files, trains the PRM and runs the monitor (the other ranks wait for its results).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from mstar_fast.models import resolve_device
 from mstar_fast.recipe.context import RunContext, special_token_ids, steps_for
 from mstar_fast.recipe.iteration import IterationResult, chunk_size, iteration_seed, next_chunk, run_iteration
 from mstar_fast.recipe.monitor import ValidationReport, greedy_test_accuracy, monitor_stage
+from mstar_fast.recipe.policy import RolloutPolicy
 from mstar_fast.recipe.prm_stage import prm_stage
 from mstar_fast.recipe.prompts import RunData, load_data
 from mstar_fast.recipe.pseudo import pseudo_labeled_samples
@@ -87,13 +89,11 @@ def self_evolve(cfg: RunConfig, ctx: RunContext, data: RunData, warm_path: str, 
     newest checkpoint on; one metrics.jsonl line and one checkpoint per iteration."""
     it, mon, run, world = cfg.iterate, cfg.monitor, ctx.run, ctx.world
     model, processor = ctx.models.load(warm_path)
-    rollout = ctx.models.rollout_engine(model, processor)
     trainer = ctx.models.trainer(model, processor, seed=cfg.seed)
-    if trainer.parallel == "fsdp":
-        # Each rank samples its own share of prompts with the policy; FSDP2 all-gathers parameters inside
-        # every forward, so ranks running different numbers of forwards would wait on each other forever.
-        raise UserError("train.parallel=fsdp: sampling from an FSDP-sharded policy is not supported yet; use "
-                        "train.parallel=ddp (each rank holds the whole policy)")
+    # The trained model itself, or under FSDP2 an unsharded copy refreshed after each training call.
+    policy = RolloutPolicy.create(trainer, lambda: ctx.models.load(warm_path)[0],
+                                  max_batch_tokens=cfg.rollout.max_batch_tokens)
+    rollout = ctx.models.rollout_engine(policy.model, processor)
     t = cfg.temperature
     controller = TemperatureController(t.grid, initial=t.initial, adapt_every=t.adapt_every, criterion=t.criterion)
     size, special = chunk_size(len(data.train), it.interval), special_token_ids(processor)
@@ -104,6 +104,7 @@ def self_evolve(cfg: RunConfig, ctx: RunContext, data: RunData, warm_path: str, 
         ckpt, extra = resumed
         start, cursor, unl_cursor = extra["iteration"] + 1, extra["cursor"], extra.get("unlabeled_cursor", 0)
         controller.load_state_dict(extra["temperature"])
+        policy.refresh()
         ctx.console.say(f"resumed from {ckpt} (iteration {extra['iteration']}, step {trainer.global_step})")
         if start > it.iterations:
             ctx.console.say(f"run {run.path} is complete: all {it.iterations} iterations are done, nothing to run")
@@ -128,6 +129,7 @@ def self_evolve(cfg: RunConfig, ctx: RunContext, data: RunData, warm_path: str, 
                                 run_dir=run.path, temperature=T, seed=cfg.seed, special_ids=special,
                                 progress=ctx.progress, extra=extra_pool, on_step=on_step, world=world)
             close()
+            policy.refresh()
         t0 = time.perf_counter()
         report = monitor_stage(mon, rollout, data.val, temperatures=controller.grid_to_sample(i), scorer=scorer,
                                seed=iteration_seed(cfg.seed, i) + 2, max_new_tokens=tokens, world=world)

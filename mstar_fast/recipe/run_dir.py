@@ -33,7 +33,7 @@ from mstar_fast.data.jsonl import JsonlWriter, iter_jsonl
 from mstar_fast.errors import UserError
 from mstar_fast.run_lock import LOCK_FILE, lock_run_dir
 from mstar_fast.train import SFTEngine, StepInfo
-from mstar_fast.train.distributed import World
+from mstar_fast.train.distributed import World, full_model_state_dict, has_sharded_parameters
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "STAGES_FILE", "Console", "Loggers", "RunDir", "read_metrics",
            "save_model_dir"]
@@ -65,13 +65,15 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def save_model_dir(model: PreTrainedModel, source_dir: str | os.PathLike, out_dir: Path) -> Path:
-    """Save ``model`` (``save_pretrained``) plus the processor files of ``source_dir`` (tokenizer, image
-    processor, chat template) to ``out_dir`` atomically: a temporary directory, then one rename."""
+def save_model_dir(model: PreTrainedModel, source_dir: str | os.PathLike, out_dir: Path,
+                   state_dict: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` (``save_pretrained``; with ``state_dict``: those weights) plus the processor files of
+    ``source_dir`` (tokenizer, image processor, chat template) to ``out_dir`` atomically: a temporary
+    directory, then one rename."""
     tmp = out_dir.parent / f".{out_dir.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     src = Path(source_dir)
     if src.is_dir():
         for f in src.iterdir():
@@ -163,9 +165,12 @@ class RunDir:
         return (d / "config.json").is_file() and any(d.glob("*.safetensors"))
 
     def save_model(self, model: PreTrainedModel, source_dir: str | os.PathLike, name: str) -> Path:
+        """``RUN_DIR/name`` written by rank 0 (:func:`save_model_dir`). Collective when ``model`` is sharded
+        by FSDP2 (call on every rank): its full weights are gathered on rank 0 first."""
         out = self.path / name
+        state = full_model_state_dict(model) if has_sharded_parameters(model) else None
         if self.world.is_main:
-            save_model_dir(model, source_dir, out)
+            save_model_dir(model, source_dir, out, state_dict=state)
         return out
 
     # ------------------------------------------------------------------ metrics

@@ -22,6 +22,7 @@ from mstar_fast.protocols import Rollout
 from mstar_fast.recipe.context import RunContext, special_token_ids, steps_for
 from mstar_fast.recipe.iteration import trainable
 from mstar_fast.recipe.monitor import greedy_test_accuracy
+from mstar_fast.recipe.policy import RolloutPolicy
 from mstar_fast.recipe.prompts import RunData
 from mstar_fast.recipe.sample import sample_to_file
 from mstar_fast.recipe.select import select
@@ -136,8 +137,13 @@ def warmup_stage(w: WarmupConfig, ctx: RunContext, data: RunData, base_path: str
                                                      None), "warm-up SFT")
     rep = trainer.train_on(pairs, epochs=w.epochs, on_step=on_step)
     close()
+    # Under FSDP2 the trained model is sharded: measure and save an unsharded copy of it (recipe/policy.py).
+    policy = RolloutPolicy.create(trainer, lambda: ctx.models.load(base_path)[0],
+                                  max_batch_tokens=ctx.rollout.max_batch_tokens)
+    if policy.is_copy:
+        rollout = ctx.models.rollout_engine(policy.model, processor)
     warm_acc = greedy_test_accuracy(rollout, data.test, test_tokens, ctx.seed, ctx.world)
-    ctx.run.save_model(model, base_path, "warmup")
+    ctx.run.save_model(policy.model, base_path, "warmup")
     ctx.run.write_stage("warmup", {"n_prompts": res.n_prompts, "n_samples": res.n_samples,
                                    "n_correct": res.n_correct, "n_prompts_kept": res.n_prompts_kept,
                                    "n_selected": res.n_selected, "steps": rep.steps, "loss": rep.mean_loss,

@@ -300,11 +300,45 @@ def load_sharded(path: str | os.PathLike, module: nn.Module, optimizer: torch.op
     set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
+def has_sharded_parameters(module: nn.Module) -> bool:
+    """True when some parameter of ``module`` is a DTensor (``module`` is, or lies inside, an FSDP2 module)."""
+    return any(hasattr(p, "full_tensor") for p in module.parameters())
+
+
 def full_model_state_dict(module: nn.Module) -> dict[str, torch.Tensor] | None:
-    """The full (unsharded) model state dict on rank 0's CPU, None on other ranks; collective for FSDP."""
-    if is_fsdp(module):
+    """The full (unsharded) model state dict on rank 0's CPU, None on other ranks; collective when
+    ``module`` is or lies inside an FSDP2 module (call on every rank)."""
+    if is_fsdp(module) or has_sharded_parameters(module):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return sd if is_main_process() else None
     return module.state_dict() if is_main_process() else None
+
+
+def copy_full_weights(src: nn.Module, dst: nn.Module) -> None:
+    """Copy every parameter and buffer of ``src`` into the same-named one of ``dst``, casting to ``dst``'s
+    dtype and device. FSDP2 shards (DTensors) are all-gathered one tensor at a time, so beyond ``dst`` at
+    most one full tensor is in flight.
+
+    Collective when ``src`` holds DTensors: call on every rank (tensors are visited in ``src``'s
+    registration order, which is the same on every rank).
+
+    Raises:
+        ValueError: the two modules do not have the same tensor names and shapes.
+    """
+    src_t = {**dict(src.named_parameters()), **dict(src.named_buffers())}
+    dst_t = {**dict(dst.named_parameters()), **dict(dst.named_buffers())}
+    if set(src_t) != set(dst_t):
+        only_src, only_dst = sorted(set(src_t) - set(dst_t)), sorted(set(dst_t) - set(src_t))
+        raise ValueError(f"copy_full_weights: the modules differ: only in the source {only_src[:3]}, only in the "
+                         f"destination {only_dst[:3]}")
+    with torch.no_grad():
+        for name, s in src_t.items():
+            full = s.full_tensor() if hasattr(s, "full_tensor") else s
+            d = dst_t[name]
+            if tuple(d.shape) != tuple(full.shape):
+                raise ValueError(f"copy_full_weights: {name} has shape {tuple(full.shape)} in the source, "
+                                 f"{tuple(d.shape)} in the destination")
+            d.copy_(full.to(device=d.device, dtype=d.dtype))
+            del full
