@@ -17,7 +17,7 @@ import pytest
 METRICS = "metrics.jsonl"
 REQUIRED = ("iteration", "step", "temperature", "val_greedy_acc", "val_pass_at_k", "val_reward_pass_at_2",
             "n_selected", "test_greedy_acc")
-TIMING = {"elapsed", "seconds_monitor", "seconds_sample", "seconds_train"}
+TIMING = {"elapsed", "seconds_monitor", "seconds_sample", "seconds_score", "seconds_train", "seconds_test"}
 # Sample chunks of 4 prompts: iteration files are written in several appends, so the kill below can land
 # between two of them (a partly written iteration).
 SMALL = ["rollout.chunk_prompts=4"]
