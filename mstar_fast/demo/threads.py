@@ -38,8 +38,8 @@ def _workload(hidden: int, vocab: int, train_rows: int, decode_rows: int, gen: t
     return run
 
 
-def measure_threads(candidates: list[int], hidden: int = 128, vocab: int = 768, train_rows: int = 4096,
-                    decode_rows: int = 512, repeat: int = 5) -> dict[int, float]:
+def measure_threads(candidates: list[int], hidden: int = 128, vocab: int = 768, train_rows: int = 2048,
+                    decode_rows: int = 512, repeat: int = 3) -> dict[int, float]:
     """Median seconds of the demo's work mix (module doc) at each thread count in ``candidates``; torch's
     thread count is restored afterwards.
 
