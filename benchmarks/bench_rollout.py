@@ -34,9 +34,9 @@ import time
 
 import pytest
 import torch
-from harness import cpu_flags, write_results
 from PIL import Image
 
+from harness import cpu_flags, write_results
 from mstar_fast.data.records import Prompt
 from mstar_fast.demo.tiny import make_tiny_vlm
 from mstar_fast.models import load_policy
