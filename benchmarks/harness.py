@@ -1,4 +1,4 @@
-"""Shared benchmark harness: machine description, a same-run memory-bandwidth probe, timing with
+"""Shared benchmark harness: machine description (CPU model and instruction-set flags), a same-run memory-bandwidth probe, timing with
 medians, and result files under benchmarks/results/ (<name>.json + <name>.md with the machine header).
 
 Benchmarks run under pytest-benchmark (``pytest benchmarks/``); CI runs them with
@@ -23,8 +23,33 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+# CPU flags that decide which matmul kernels run (fp32 GEMM speed differs several-fold between kinds).
+_FLAG_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4", "vnni")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector / matrix instruction-set flags from /proc/cpuinfo (``avx2``, ``avx512f``,
+    ``amx_tile``, ``fma`` ...), sorted; empty where /proc/cpuinfo is absent."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return sorted(x for x in line.split(":", 1)[1].split() if x.startswith(_FLAG_PREFIXES))
+    except OSError:
+        pass
+    return []
+
+
+def cpu_kind(flags: list[str] | None = None) -> str:
+    """``"avx512"`` when the CPU has AVX-512 (foundation), else ``"avx2"`` / ``"no-avx2"``: the property
+    that sets fp32 GEMM speed on the machines this project runs on."""
+    flags = cpu_flags() if flags is None else flags
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "no-avx2"
+
+
 def machine_info() -> dict:
-    """CPU / GPU model, core count, torch and git versions, date."""
+    """CPU / GPU model, its vector-instruction flags and kind (:func:`cpu_flags`, :func:`cpu_kind`), core
+    count, torch and git versions, date."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -39,8 +64,11 @@ def machine_info() -> dict:
                                 cwd=Path(__file__).parent, check=False).stdout.strip()
     except OSError:
         commit = ""
+    flags = cpu_flags()
     return {
         "cpu": cpu,
+        "cpu_kind": cpu_kind(flags),
+        "cpu_flags": " ".join(flags),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

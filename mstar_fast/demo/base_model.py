@@ -36,6 +36,7 @@ def prepare_base(cfg: RunConfig, ctx: RunContext, data: RunData) -> str:
         return str(base)
     t = cfg.model.tiny
     init = run.path / "base-init"
+    t_build = time.perf_counter()
     if ctx.world.is_main:
         # The tokenizer learns merges from the task's own texts, so responses take fewer tokens.
         corpus = [p.meta.get("cot", "") for p in data.train[:400]] + [p.question for p in data.train[:400]]
@@ -63,7 +64,7 @@ def prepare_base(cfg: RunConfig, ctx: RunContext, data: RunData) -> str:
     close()
     run.save_model(model, init, "base")
     run.write_stage("base", {"steps": rep.steps, "loss": rep.mean_loss, "prompts": len(gold),
-                             "seconds": time.perf_counter() - t0})
+                             "seconds": time.perf_counter() - t0, "seconds_build": t0 - t_build})
     ctx.console.say(f"base model: {rep.steps} SFT steps on the gold reasoning of {len(gold)} prompts, "
                     f"loss {rep.mean_loss:.3f}")
     ctx.world.barrier()

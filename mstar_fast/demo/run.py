@@ -27,12 +27,14 @@ them equal).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from mstar_fast.config import RunConfig, apply_overrides, config_from_dict
+from mstar_fast.demo.threads import pick_threads
 from mstar_fast.errors import UserError
 from mstar_fast.recipe.loop import run
 from mstar_fast.recipe.plot import plot_run
@@ -44,7 +46,7 @@ __all__ = ["DEMO", "QUICK", "demo_config", "run_demo", "BASELINES"]
 DEMO: dict[str, Any] = {
     "run_dir": "runs/demo",
     "seed": 0,
-    "model": {"policy": "tiny", "device": "cpu", "threads": 1,
+    "model": {"policy": "tiny", "device": "cpu", "threads": 0,
               "tiny": {"arch": "qwen2_vl", "vocab_size": 768, "hidden_size": 128, "num_layers": 4, "num_heads": 4,
                        "image_size": 64, "patch_size": 8, "vision_layers": 2, "seed": 0,
                        "base_prompts": 600, "base_steps": 80, "base_lr": 1e-3, "base_batch_size": 32,
@@ -101,6 +103,19 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _choose_threads(cfg: RunConfig) -> None:
+    """``model.threads: 0`` on a CPU, one process: set it to the count a short measurement finds fastest here
+    (:func:`mstar_fast.demo.threads.pick_threads`; a fixed count is kept, and under torchrun the processes
+    share the cores, so torch's default stays)."""
+    if cfg.model.threads or cfg.model.device != "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    n, times = pick_threads()
+    cfg.model.threads = n
+    print("torch threads: " + str(n) + " (fastest on a short measurement of the demo's work: "
+          + ", ".join(f"{k} thread{'s' if k > 1 else ''} {1000 * v:.0f} ms" for k, v in times.items()) + ")",
+          flush=True)
+
+
 def _share_stages(src: Path, dst: Path) -> None:
     """Start a baseline run from the M-STaR run's base model, warm-up model and PRM (copied: the stages
     are skipped when their outputs exist)."""
@@ -125,6 +140,7 @@ def run_demo(quick: bool = False, compare: bool = False, out: str | None = None,
     if run_dir.exists() and not resume and (run_dir / "config.yaml").exists():
         raise UserError(f"{run_dir} already holds a demo run; pass --out NEW_DIR, delete it, or resume it with "
                          f"`mstar run --resume {run_dir}`")
+    _choose_threads(cfg)
     rows = run(cfg, resume=resume)
     final = rows[-1]
     result: dict[str, Any] = {"base_test_acc": final.get("base_test_acc"),
@@ -138,6 +154,7 @@ def run_demo(quick: bool = False, compare: bool = False, out: str | None = None,
         for name, extra in BASELINES.items():
             bcfg = demo_config(quick, str(run_dir.parent / f"{run_dir.name}-{name}"), list(overrides) + extra)
             bcfg.iterate.iterations = max(1, math.ceil(budget / bcfg.iterate.interval - 1e-9))
+            bcfg.model.threads = cfg.model.threads  # measured once, at the start
             if World.current().is_main:
                 _share_stages(run_dir, Path(bcfg.run_dir))
             World.current().barrier()

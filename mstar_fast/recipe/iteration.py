@@ -44,6 +44,7 @@ class IterationResult:
     steps: int = 0
     loss: float = float("nan")
     global_step: int = 0
+    #: wall seconds per part: ``sample`` (generation), ``score`` (grading + PRM scoring), ``train`` (selection + SFT)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -119,11 +120,17 @@ def run_iteration(iteration: int, chunk: Sequence[Prompt], it: IterateConfig, r:
     """
     t0 = time.perf_counter()
     prompts = {p.id: p for p in chunk}
+    scoring = [0.0]  # seconds of grading + PRM scoring inside the sampling call (reported on their own)
+
+    def grade_and_score(out: list[Sample]) -> None:
+        ts = time.perf_counter()
+        score_and_grade(out, prompts, scorer, it.dedupe, it.require_format)
+        scoring[0] += time.perf_counter() - ts
+
     samples = sample_to_file(
         rollout, list(chunk), it.k, sample_path(run_dir, iteration), temperature=temperature,
         max_new_tokens=r.max_new_tokens, seed=iteration_seed(seed, iteration), top_p=r.top_p, top_k=r.top_k,
-        min_p=r.min_p, chunk_size=r.chunk_prompts,
-        transform=lambda out: score_and_grade(out, prompts, scorer, it.dedupe, it.require_format),
+        min_p=r.min_p, chunk_size=r.chunk_prompts, transform=grade_and_score,
         progress=progress, desc=f"iteration {iteration}: sampling", world=world)
     t1 = time.perf_counter()
     method = it.select if scorer is not None or it.select in ("random", "all") else "random"
@@ -139,4 +146,4 @@ def run_iteration(iteration: int, chunk: Sequence[Prompt], it: IterateConfig, r:
         iteration=iteration, temperature=float(temperature), n_prompts=len(chunk), n_samples=len(samples),
         train_accuracy=n_correct / len(samples) if samples else 0.0, selection=stats,
         steps=report.steps if report else 0, loss=report.mean_loss if report else float("nan"),
-        global_step=trainer.global_step, seconds={"sample": t1 - t0, "train": t2 - t1})
+        global_step=trainer.global_step, seconds={"sample": t1 - t0 - scoring[0], "score": scoring[0], "train": t2 - t1})

@@ -43,7 +43,7 @@ from mstar_fast.recipe.policy import RolloutPolicy
 from mstar_fast.recipe.prm_stage import prm_stage
 from mstar_fast.recipe.prompts import RunData, load_data
 from mstar_fast.recipe.pseudo import pseudo_labeled_samples
-from mstar_fast.recipe.run_dir import Loggers
+from mstar_fast.recipe.run_dir import Loggers, time_table
 from mstar_fast.recipe.select import SelectionStats
 from mstar_fast.recipe.temperature import TemperatureController
 from mstar_fast.recipe.warmup import warmup_stage
@@ -54,8 +54,11 @@ __all__ = ["STOP_AFTER", "metrics_row", "resume", "run", "self_evolve"]
 
 
 def metrics_row(i: int, T: float, next_T: float, step: int, report: ValidationReport, res: IterationResult | None,
-                test_acc: float | None, seconds_monitor: float, elapsed: float) -> dict[str, Any]:
-    """Iteration ``i``'s line of metrics.jsonl (``res`` None for iteration 0: the warm-up policy)."""
+                test_acc: float | None, seconds_monitor: float, elapsed: float,
+                seconds_test: float | None = None) -> dict[str, Any]:
+    """Iteration ``i``'s line of metrics.jsonl (``res`` None for iteration 0: the warm-up policy). Wall seconds
+    per stage: ``seconds_sample`` (generation), ``seconds_score`` (grading + PRM scoring), ``seconds_train``
+    (selection + SFT), ``seconds_monitor``, ``seconds_test`` (None where nothing ran)."""
     sel = res.selection if res is not None else SelectionStats()
     sec = res.seconds if res is not None else {}
     return {"iteration": i, "step": step, "temperature": T, "next_temperature": next_T, **report.metrics_row(T),
@@ -63,8 +66,8 @@ def metrics_row(i: int, T: float, next_T: float, step: int, report: ValidationRe
             "n_prompts": res.n_prompts if res else 0, "n_duplicates": sel.n_duplicates,
             "train_sample_acc": res.train_accuracy if res else None, "train_loss": res.loss if res else None,
             "train_steps": res.steps if res else 0, "test_greedy_acc": test_acc,
-            "seconds_sample": sec.get("sample"), "seconds_train": sec.get("train"),
-            "seconds_monitor": seconds_monitor, "elapsed": elapsed}
+            "seconds_sample": sec.get("sample"), "seconds_score": sec.get("score"), "seconds_train": sec.get("train"),
+            "seconds_monitor": seconds_monitor, "seconds_test": seconds_test, "elapsed": elapsed}
 
 
 def _summary(row: dict[str, Any], res: IterationResult) -> str:
@@ -79,8 +82,9 @@ def _summary(row: dict[str, Any], res: IterationResult) -> str:
         f"   val: greedy {pct(row['val_greedy_acc'])}  Pass@K {pct(row['val_pass_at_k'])}  "
         f"Reward-Pass@2 {pct(row['val_reward_pass_at_2'])}  Pass@K-greedy {pct(row.get('val_pass_at_k_minus_greedy'))}"
         + (f"  | test greedy {pct(row['test_greedy_acc'])}" if row.get("test_greedy_acc") is not None else ""),
-        f"   time: sample+score {res.seconds.get('sample', 0):.0f}s, train {res.seconds.get('train', 0):.0f}s, "
-        f"monitor {row.get('seconds_monitor', 0):.0f}s"])
+        f"   time: sampling {res.seconds.get('sample', 0):.0f}s, PRM scoring {res.seconds.get('score', 0):.0f}s, "
+        f"training {res.seconds.get('train', 0):.0f}s, monitor {row.get('seconds_monitor') or 0:.0f}s"
+        + (f", test eval {row['seconds_test']:.0f}s" if row.get("seconds_test") is not None else "")])
 
 
 def self_evolve(cfg: RunConfig, ctx: RunContext, data: RunData, warm_path: str, scorer: Scorer | None,
@@ -135,13 +139,15 @@ def self_evolve(cfg: RunConfig, ctx: RunContext, data: RunData, warm_path: str, 
                                seed=iteration_seed(cfg.seed, i) + 2, max_new_tokens=tokens, world=world)
         seconds_monitor = time.perf_counter() - t0
         next_T = controller.update(i, report)
-        test_acc = None
+        test_acc, seconds_test = None, None
         if i == 0 and warmup.get("warmup_test_acc") is not None:
             test_acc = warmup["warmup_test_acc"]
         elif i == 0 or final or (mon.test_every and i % mon.test_every == 0):
+            t0 = time.perf_counter()
             test_acc = greedy_test_accuracy(rollout, data.test, tokens, cfg.seed, world)
+            seconds_test = time.perf_counter() - t0
         row = metrics_row(i, T, next_T, trainer.global_step, report, res, test_acc, seconds_monitor,
-                          time.perf_counter() - t_start)
+                          time.perf_counter() - t_start, seconds_test)
         if controller.should_adapt(i):
             row["val_reward_pass_at_2_by_t"] = {f"{k:g}": v for k, v in report.metric("reward_pass_at_2").items()}
             row["val_pass_at_k_by_t"] = {f"{k:g}": v for k, v in report.metric("pass_at_k").items()}
@@ -210,7 +216,10 @@ def run(cfg: RunConfig, resume: bool = False, stop_after: str | None = None) -> 
 
         # 4. self-evolving iterations --------------------------------------------------------------------------
         self_evolve(cfg, ctx, data, warm_path, scorer, t_start)
-        return ctx.run.metrics()
+        rows = ctx.run.metrics()
+        if ctx.world.is_main:
+            ctx.console.say(time_table(ctx.run.stages(), rows))
+        return rows
 
 
 def resume(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

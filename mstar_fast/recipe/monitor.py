@@ -19,8 +19,12 @@ Greedy is folded into that call as temperature 0 with the same n = K (the engine
 The built-in engine decodes a temperature-0 prompt once and copies it, so this costs one greedy decode per
 prompt; only sample index 0 of each greedy replica is kept in the report.
 
-PRM scoring runs once over all sampled (non-greedy) responses, with the *original* prompt ids, so a
-:class:`~mstar_fast.prm.PRMScorer` finds its prompts and prefills each prompt once for all temperatures.
+PRM scoring runs once, with the *original* prompt ids, so a :class:`~mstar_fast.prm.PRMScorer` finds its
+prompts and prefills each prompt once for all temperatures. It scores only what can change Reward-Pass@2:
+the K samples of a prompt at one temperature whose correctness is mixed (when all K are correct, or all
+wrong, the top 2 hold a correct one or not whatever the scores), and a response text repeated among those
+K once (a PRM gives one text one score). On the demo most blocks at the high temperatures of the grid are
+all wrong, so this removes most of the grid's PRM forwards; the metrics are the same.
 """
 
 from __future__ import annotations
@@ -90,7 +94,8 @@ class ValidationReport:
         seed: the run seed of the sampling call.
         samples: graded samples: one greedy sample per prompt (temperature 0.0, id ``"<id>@greedy"``), then
             K per prompt for each temperature (id ``"<id>@T<t>"``), with ``meta["source_id"]`` the original
-            prompt id and ``score`` / ``step_scores`` set when a PRMScorer scored them.
+            prompt id and ``score`` / ``step_scores`` set where the scorer scored them (samples of
+            temperature blocks whose K samples are all correct or all wrong are not scored: module doc).
     """
 
     k: int
@@ -162,16 +167,32 @@ def _check_temperatures(temperatures: Sequence[float]) -> list[float]:
     return sorted(out)
 
 
-def _score(scorer: Scorer, samples: list[Sample], prompts: list[Prompt]) -> list[float]:
-    """PRM scores of ``samples`` (replica ids) computed under the original prompt ids."""
-    views = [dataclasses.replace(s, prompt_id=s.meta["source_id"]) for s in samples]
-    raw = scorer(views, prompts=prompts)
-    scores = [math.nan if v is None else float(v) for v in raw]
-    if len(scores) != len(samples):
-        raise ValueError(f"validate: the scorer returned {len(scores)} scores for {len(samples)} samples")
-    for s, v, sc in zip(samples, views, scores):
-        s.score = sc
-        s.step_scores = v.step_scores  # a PRMScorer writes them on the objects it was given
+def _score(scorer: Scorer, samples: list[Sample], prompts: list[Prompt], k: int) -> list[float]:
+    """PRM scores of ``samples`` (graded, replica ids, ``k`` per replica in order) computed under the original
+    prompt ids, for the samples whose ranking can change Reward-Pass@2 (module doc: blocks of mixed
+    correctness, each distinct text of a block once); the other samples get NaN here and keep
+    ``score = None``."""
+    todo: list[list[Sample]] = []  # samples sharing one scorer call: a block's copies of one text
+    for a in range(0, len(samples), k):
+        block = samples[a:a + k]
+        if 0 < sum(bool(s.correct) for s in block) < len(block):
+            by_text: dict[str, list[Sample]] = {}
+            for s in block:
+                by_text.setdefault(s.text, []).append(s)
+            todo.extend(by_text.values())
+    views = [dataclasses.replace(group[0], prompt_id=group[0].meta["source_id"]) for group in todo]
+    raw = scorer(views, prompts=prompts) if views else []
+    if len(raw) != len(views):
+        raise ValueError(f"validate: the scorer returned {len(raw)} scores for {len(views)} samples")
+    position = {id(s): i for i, s in enumerate(samples)}
+    scores = [math.nan] * len(samples)
+    for group, view, v in zip(todo, views, raw):
+        sc = math.nan if v is None else float(v)
+        for s in group:
+            s.score = sc
+            # a PRMScorer writes step scores on the objects it was given
+            s.step_scores = None if view.step_scores is None else list(view.step_scores)
+            scores[position[id(s)]] = sc
     return scores
 
 
@@ -239,7 +260,7 @@ def validate(
     greedy = [out[i * k] for i in range(n)]  # index 0 of each greedy replica; the other k-1 are copies
     sampled = out[n * k:]
     greedy_acc = metrics.greedy_accuracy([bool(s.correct) for s in greedy])
-    scores = _score(scorer, sampled, prompts) if scorer is not None else None
+    scores = _score(scorer, sampled, prompts, k) if scorer is not None else None
 
     offsets = list(range(0, n * k + 1, k))
     per_t: dict[float, TemperatureMetrics] = {}

@@ -36,7 +36,7 @@ from mstar_fast.train import SFTEngine, StepInfo
 from mstar_fast.train.distributed import World, full_model_state_dict, has_sharded_parameters
 
 __all__ = ["CONFIG_FILE", "METRICS_FILE", "STAGES_FILE", "Console", "Loggers", "RunDir", "read_metrics",
-           "save_model_dir"]
+           "save_model_dir", "strict_json", "time_table"]
 
 log = logging.getLogger("mstar_fast")
 
@@ -53,6 +53,23 @@ def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by None, in nested dicts / lists / tuples, so
+    it serialises as strict JSON (``json.dumps(..., allow_nan=False)``; a bare ``NaN`` is no JSON and breaks
+    readers such as ``jq`` or JavaScript's ``JSON.parse``). Other values are returned unchanged."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def _dumps(obj: Any, **kw: Any) -> str:
+    return json.dumps(strict_json(obj), allow_nan=False, **kw)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -158,7 +175,7 @@ class RunDir:
         if self.world.is_main:
             stages = self.stages()
             stages[name] = info
-            _atomic_text(self.path / STAGES_FILE, json.dumps(stages, indent=1) + "\n")
+            _atomic_text(self.path / STAGES_FILE, _dumps(stages, indent=1) + "\n")
 
     def model_complete(self, name: str) -> bool:
         d = self.path / name
@@ -177,7 +194,7 @@ class RunDir:
     def append_metrics(self, row: dict[str, Any]) -> None:
         if self.world.is_main:
             with JsonlWriter(self.path / METRICS_FILE) as w:
-                w.write(row)
+                w.write(strict_json(row))
 
     def truncate_metrics(self, last_iteration: int) -> None:
         """Drop metrics lines after the checkpointed iteration (written before a kill that came before the
@@ -186,7 +203,7 @@ class RunDir:
         if not self.world.is_main or not p.is_file():
             return
         rows = [r for r in iter_jsonl(p, errors="skip") if int(r.get("iteration", -1)) <= last_iteration]
-        _atomic_text(p, "".join(json.dumps(r) + "\n" for r in rows))
+        _atomic_text(p, "".join(_dumps(r) + "\n" for r in rows))
 
     def metrics(self) -> list[dict[str, Any]]:
         """Every rank gets rank 0's metrics rows."""
@@ -274,3 +291,54 @@ class Loggers:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+#: Columns of :func:`time_table`: metrics.jsonl key suffix -> column title.
+_TIME_COLUMNS = {"sample": "sampling", "score": "PRM scoring", "train": "training", "monitor": "monitor",
+                 "test": "test eval"}
+
+
+def _stage_time_rows(stages: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """(label, column -> seconds) of the stages before the iterations, from ``stages.json``."""
+    out: list[tuple[str, dict[str, float]]] = []
+    base = stages.get("base", {})
+    if base:
+        out.append(("base model", {"train": base.get("seconds"), "other": base.get("seconds_build")}))
+    w = stages.get("warmup", {})
+    if w:
+        test = [w.get("seconds_test_base"), w.get("seconds_test")]
+        out.append(("warm-up", {"sample": w.get("seconds_sample"), "train": w.get("seconds_train"),
+                                "test": sum(v for v in test if v is not None) if any(v is not None for v in test)
+                                else None, "total": w.get("seconds")}))
+    p = stages.get("prm", {})
+    if p:
+        out.append(("PRM (labels, training)", {"sample": p.get("seconds_data"), "train": p.get("seconds_train")}))
+    return out
+
+
+def time_table(stages: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The end-of-run table of seconds per stage: one line per stage before the iterations (``stages.json``:
+    base model, warm-up, PRM) and per iteration (``metrics.jsonl``'s ``seconds_*``), columns sampling / PRM
+    scoring / training / monitor / test eval / total, and a last line with the sums. Seconds are wall
+    time (``time.perf_counter``); a stage that did not run in this process (resumed) shows what its record
+    holds, a cell with nothing measured shows "-"."""
+    lines: list[tuple[str, dict[str, float | None]]] = _stage_time_rows(stages)
+    for r in rows:
+        if "iteration" in r:
+            lines.append((f"iteration {r['iteration']}", {c: r.get(f"seconds_{c}") for c in _TIME_COLUMNS}))
+    cols = list(_TIME_COLUMNS)
+    sums = dict.fromkeys([*cols, "total"], 0.0)
+    fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+    out = ["time per stage (seconds, wall)", "| stage | " + " | ".join(_TIME_COLUMNS.values()) + " | total |",
+           "|---|" + "---:|" * (len(cols) + 1)]
+    for label, sec in lines:
+        parts = [sec.get(c) for c in cols]
+        total = sec.get("total")
+        if total is None:
+            total = sum(v for v in [*parts, sec.get("other")] if v is not None)
+        for c, v in zip(cols, parts):
+            sums[c] += v or 0.0
+        sums["total"] += total
+        out.append(f"| {label} | " + " | ".join(fmt(v) for v in parts) + f" | {fmt(total)} |")
+    out.append("| all | " + " | ".join(fmt(sums[c]) for c in cols) + f" | {fmt(sums['total'])} |")
+    return "\n".join(out)

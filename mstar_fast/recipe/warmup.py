@@ -120,11 +120,14 @@ def warmup_stage(w: WarmupConfig, ctx: RunContext, data: RunData, base_path: str
     model, processor = ctx.models.load(base_path)
     rollout = ctx.models.rollout_engine(model, processor)
     prompts = data.train[: w.n_prompts] if w.n_prompts else data.train
+    t_test = time.perf_counter()
     base_acc = greedy_test_accuracy(rollout, data.test, test_tokens, ctx.seed, ctx.world)
+    t_sample = time.perf_counter()
     kept, res = warmup_samples(rollout, prompts, ctx.run.path / "samples" / "warmup.jsonl", hint=w.hint,
                                n=w.samples, temperature=w.temperature, keep_per_prompt=w.keep_per_prompt,
                                max_new_tokens=ctx.rollout.max_new_tokens, seed=ctx.seed + 1,
                                chunk_size=ctx.rollout.chunk_prompts, progress=ctx.progress, world=ctx.world)
+    t_train = time.perf_counter()
     special = special_token_ids(processor)
     pairs = [(p, s) for p, s in warmup_pairs(prompts, kept) if trainable(s, special)]
     trainer = ctx.models.trainer(model, processor, mode="continuous",
@@ -142,13 +145,17 @@ def warmup_stage(w: WarmupConfig, ctx: RunContext, data: RunData, base_path: str
                                   max_batch_tokens=ctx.rollout.max_batch_tokens)
     if policy.is_copy:
         rollout = ctx.models.rollout_engine(policy.model, processor)
+    t_test2 = time.perf_counter()
     warm_acc = greedy_test_accuracy(rollout, data.test, test_tokens, ctx.seed, ctx.world)
+    t_end = time.perf_counter()
     ctx.run.save_model(policy.model, base_path, "warmup")
     ctx.run.write_stage("warmup", {"n_prompts": res.n_prompts, "n_samples": res.n_samples,
                                    "n_correct": res.n_correct, "n_prompts_kept": res.n_prompts_kept,
                                    "n_selected": res.n_selected, "steps": rep.steps, "loss": rep.mean_loss,
                                    "base_test_acc": base_acc, "warmup_test_acc": warm_acc,
-                                   "seconds": time.perf_counter() - t0})
+                                   "seconds": time.perf_counter() - t0, "seconds_test_base": t_sample - t_test,
+                                   "seconds_sample": t_train - t_sample, "seconds_train": t_test2 - t_train,
+                                   "seconds_test": t_end - t_test2})
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     ctx.console.say(f"warm-up: {res.n_prompts_kept}/{res.n_prompts} prompts gave a correct response "
                     f"({res.n_correct} distinct correct of {res.n_samples}); SFT on {len(pairs)} for {rep.steps} "

@@ -17,7 +17,7 @@ import pytest
 METRICS = "metrics.jsonl"
 REQUIRED = ("iteration", "step", "temperature", "val_greedy_acc", "val_pass_at_k", "val_reward_pass_at_2",
             "n_selected", "test_greedy_acc")
-TIMING = {"elapsed", "seconds_monitor", "seconds_sample", "seconds_train"}
+TIMING = {"elapsed", "seconds_monitor", "seconds_sample", "seconds_score", "seconds_train", "seconds_test"}
 # Sample chunks of 4 prompts: iteration files are written in several appends, so the kill below can land
 # between two of them (a partly written iteration).
 SMALL = ["rollout.chunk_prompts=4"]
@@ -75,6 +75,21 @@ def test_demo_quick_end_to_end(quick_run):
     out = res.stdout
     assert "| + M-STaR" in out and "| + warm-up" in out and "| base" in out
     assert "Reward-Pass@2" in out and "Pass@K" in out  # the per-iteration summary
+    # Seconds per stage: in every metrics line, in stages.json, in the summaries and the end-of-run table;
+    # both files strict JSON (a NaN would be a bare token that strict readers refuse).
+    strict = lambda text: json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))  # noqa: E731
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = strict(line)
+        assert row["seconds_monitor"] > 0
+        if row["iteration"] > 0:
+            assert all(row[k] >= 0 for k in ("seconds_sample", "seconds_score", "seconds_train"))
+    assert rows[-1]["seconds_test"] > 0 and rows[1]["seconds_test"] is None
+    stages = strict((run_dir / "stages.json").read_text())
+    assert stages["base"]["seconds"] > 0 and stages["warmup"]["seconds_sample"] > 0
+    assert stages["prm"]["seconds_data"] > 0 and stages["prm"]["seconds_train"] > 0
+    assert "time: sampling" in out and "PRM scoring" in out
+    assert "time per stage (seconds, wall)" in out and "| iteration 2 |" in out and "| all |" in out
+    assert "torch threads:" in out  # measured at start
 
 
 def test_kill_and_resume_equals_uninterrupted(quick_run, tmp_path):

@@ -84,7 +84,9 @@ def hand_metrics(report, prompts, k):
             assert [s.index for s in group] == list(range(k)) and all(s.temperature == t for s in group)
             pak += any(s.correct for s in group)
             acc += sum(s.correct for s in group) / k
-            if group[0].score is not None:
+            if len({bool(s.correct) for s in group}) == 1:  # all right or all wrong: the scores cannot matter
+                rp2 += group[0].correct
+            else:
                 top2 = sorted(group, key=lambda s: (-s.score, s.index))[:2]  # all samples ranked, no filter
                 rp2 += any(s.correct for s in top2)
         n = len(prompts)
@@ -109,12 +111,19 @@ def test_one_batched_call_and_hand_computed_metrics(engine, labeled):
     assert [s.text for s in report.samples] == [s.text for s in first.samples]
     # One greedy sample per prompt, K per prompt and temperature.
     assert len(report.samples) == N_PROMPTS + N_PROMPTS * K * len(TEMPS)
-    # The scorer saw only sampled responses, under their original prompt ids.
+    # The scorer saw, in one call under their original prompt ids, each distinct text of every block (one
+    # prompt at one temperature) whose samples are partly correct, and nothing else: greedy samples and
+    # blocks that are all right or all wrong rank the same whatever their scores.
+    sampled = report.samples[N_PROMPTS:]
+    blocks = [sampled[a:a + K] for a in range(0, len(sampled), K)]
+    mixed = [b for b in blocks if len({bool(s.correct) for s in b}) == 2]
+    assert mixed and len(mixed) < len(blocks)  # the relabeling makes some blocks mixed, not all
     assert len(scorer.calls) == 1
-    assert scorer.calls[0] == [s.meta["source_id"] for s in report.samples if s.temperature > 0]
-    assert set(scorer.calls[0]) == {p.id for p in prompts}
-    for s in report.samples:
-        assert s.score == (None if s.temperature == 0 else stub_score(s.text))
+    assert scorer.calls[0] == [b[0].meta["source_id"] for b in mixed for _ in dict.fromkeys(s.text for s in b)]
+    for b in blocks:
+        for s in b:
+            assert s.score == (stub_score(s.text) if b in mixed else None)
+    assert all(s.score is None for s in report.samples[:N_PROMPTS])
 
     want = hand_metrics(report, prompts, K)
     assert report.greedy_accuracy == pytest.approx(want["greedy"])
@@ -155,12 +164,15 @@ def test_with_a_real_prm_scorer(engine, labeled):
 
     prompts, _ = labeled
     prm = PRMScorer(*tiny_llava_prm(seed=0))
-    report = validate(engine, prompts[:2], k=2, temperatures=[0.8, 1.2], scorer=prm, seed=2, max_new_tokens=8)
-    sampled = [s for s in report.samples if s.temperature > 0]
-    assert all(s.score is not None for s in sampled)
-    assert all(s.step_scores is not None for s in sampled)
-    assert all(s.prompt_id.endswith(("@T0.8", "@T1.2")) for s in sampled)  # replica ids kept on the samples
-    assert 0.0 <= report.at(0.8).reward_pass_at_2 <= 1.0
+    # The labeling call's seed and sizes: some temperature blocks hold both right and wrong answers.
+    report = validate(engine, prompts, k=K, temperatures=TEMPS, scorer=prm, seed=3, max_new_tokens=MAX_NEW)
+    sampled = report.samples[N_PROMPTS:]
+    scored = [s for a in range(0, len(sampled), K) for s in sampled[a:a + K]
+              if len({bool(x.correct) for x in sampled[a:a + K]}) == 2]
+    assert scored
+    assert all(s.score is not None and s.step_scores is not None for s in scored)
+    assert all(s.prompt_id.endswith(tuple(f"@T{t:g}" for t in TEMPS)) for s in sampled)  # replica ids kept
+    assert all(0.0 <= report.at(t).reward_pass_at_2 <= 1.0 for t in TEMPS)
 
 
 @pytest.mark.parametrize("kwargs, msg", [
@@ -187,8 +199,12 @@ def test_bad_prompts(engine, labeled):
         validate(engine, [prompts[0], prompts[0]], k=1, temperatures=[1.0])
     with pytest.raises(ValueError, match="no prompts"):
         validate(engine, [], k=1, temperatures=[1.0])
-    with pytest.raises(ValueError, match="scores for"):
-        validate(engine, prompts[:1], k=2, temperatures=[1.0], scorer=lambda s, prompts=None: [0.5], max_new_tokens=4)
+    from mstar_fast.data import Prompt
+
+    scripted = ScriptedEngine({("a", 0.0): ["1"], ("a", 1.0): ["1", "2", "3"]})  # one mixed block, 3 texts
+    with pytest.raises(ValueError, match="returned 1 scores for 3 samples"):
+        validate(scripted, [Prompt(id="a", question="?", answer="1")], k=3, temperatures=[1.0],
+                 scorer=lambda s, prompts=None: [0.5])
 
 
 class ScriptedEngine:

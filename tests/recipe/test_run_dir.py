@@ -64,3 +64,44 @@ def test_saved_config_round_trip_is_the_same_run(tmp_path):
     cfg = _cfg(tmp_path / "r", seed=5)
     save_config(cfg, tmp_path / "r" / "config.yaml")
     RunDir(tmp_path / "r", World.single()).claim(_cfg(tmp_path / "r", seed=5), resume=True, stop_after="warmup")
+
+
+def test_metrics_and_stages_are_strict_json(tmp_path):
+    """A NaN loss (an iteration that selected nothing) or an infinite value is written as null: every line of
+    metrics.jsonl and stages.json parses under a strict JSON reader."""
+    import json
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in {text!r}"))
+
+    run = RunDir(tmp_path / "r", World.single())
+    run.path.mkdir()
+    run.write_stage("base", {"loss": float("nan"), "seconds": 1.5})
+    run.append_metrics({"iteration": 0, "train_loss": float("nan"), "by_t": {"0.7": float("inf")},
+                        "list": [1.0, float("-inf")]})
+    run.append_metrics({"iteration": 1, "train_loss": 0.25})
+    assert strict((run.path / "stages.json").read_text()) == {"base": {"loss": None, "seconds": 1.5}}
+    lines = [strict(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0] == {"iteration": 0, "train_loss": None, "by_t": {"0.7": None}, "list": [1.0, None]}
+    run.truncate_metrics(1)  # the rewrite stays strict too
+    assert [strict(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()] == lines
+
+
+def test_time_table_lists_every_stage_and_iteration():
+    from mstar_fast.recipe.run_dir import time_table
+
+    stages = {"base": {"seconds": 30.0, "seconds_build": 2.0},
+              "warmup": {"seconds": 50.0, "seconds_sample": 20.0, "seconds_train": 10.0, "seconds_test_base": 9.0,
+                         "seconds_test": 11.0},
+              "prm": {"seconds_data": 15.0, "seconds_train": 25.0}}
+    rows = [{"iteration": 0, "seconds_monitor": 7.0, "seconds_test": None},
+            {"iteration": 1, "seconds_sample": 40.0, "seconds_score": 4.0, "seconds_train": 12.0,
+             "seconds_monitor": 6.0, "seconds_test": 8.0}]
+    table = time_table(stages, rows).splitlines()
+    assert table[1] == "| stage | sampling | PRM scoring | training | monitor | test eval | total |"
+    assert table[3] == "| base model | - | - | 30 | - | - | 32 |"
+    assert table[4] == "| warm-up | 20 | - | 10 | - | 20 | 50 |"
+    assert table[5] == "| PRM (labels, training) | 15 | - | 25 | - | - | 40 |"
+    assert table[6] == "| iteration 0 | - | - | - | 7 | - | 7 |"
+    assert table[7] == "| iteration 1 | 40 | 4 | 12 | 6 | 8 | 70 |"
+    assert table[8] == "| all | 75 | 4 | 77 | 13 | 28 | 199 |"
