@@ -12,10 +12,12 @@
 
 namespace mstar_fast {
 
-// sample_from_logits: the checks of the Python layer (shapes, dtypes, devices, ranges; reads the per-row
-// parameters: one sync for CUDA tensors), and the row status the kernels write (NaN / +inf / all -inf rows).
+// sample_from_logits: the checks of the Python layer (shapes, dtypes, devices; with check_ranges also the
+// ranges, which reads the per-row parameters: one sync for CUDA tensors), and the row status the kernels
+// write (NaN / +inf / all -inf rows).
 void check_sample_inputs(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
-                         const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seed, int64_t offset);
+                         const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seed, int64_t offset,
+                         bool check_ranges);
 void check_sample_status(const at::Tensor& tokens);
 std::vector<mstar::SampleRowParams> pack_sample_params(const at::Tensor& logits, const at::Tensor& temperature,
                                                        const at::Tensor& top_k, const at::Tensor& top_p,
@@ -25,16 +27,16 @@ std::vector<mstar::SampleRowParams> pack_sample_params(const at::Tensor& logits,
 std::tuple<at::Tensor, at::Tensor> sample_from_logits_cpu(const at::Tensor& logits, const at::Tensor& temperature,
                                                           const at::Tensor& top_k, const at::Tensor& top_p,
                                                           const at::Tensor& min_p, const at::Tensor& seed,
-                                                          int64_t offset, bool return_logprobs);
+                                                          int64_t offset, bool return_logprobs, bool check);
 std::tuple<at::Tensor, at::Tensor> sample_from_logits_meta(const at::Tensor& logits, const at::Tensor& temperature,
                                                            const at::Tensor& top_k, const at::Tensor& top_p,
                                                            const at::Tensor& min_p, const at::Tensor& seed,
-                                                           int64_t offset, bool return_logprobs);
+                                                           int64_t offset, bool return_logprobs, bool check);
 #ifdef MSTAR_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> sample_from_logits_cuda(const at::Tensor& logits, const at::Tensor& temperature,
                                                            const at::Tensor& top_k, const at::Tensor& top_p,
                                                            const at::Tensor& min_p, const at::Tensor& seed,
-                                                           int64_t offset, bool return_logprobs);
+                                                           int64_t offset, bool return_logprobs, bool check);
 #endif
 
 // Shared input checks (csrc/checks.cpp); each raises ValueError (TORCH_CHECK_VALUE) naming the problem.

@@ -6,10 +6,12 @@
 #include "ops.h"
 
 TORCH_LIBRARY(mstar_fast, m) {
-  // Per-row parameters arrive expanded to [B] tensors (the Python layer broadcasts scalars).
+  // Per-row parameters arrive expanded to [B] tensors (the Python layer broadcasts scalars). check: validate
+  // parameter ranges and raise for rows that cannot be sampled (reads values: host syncs on CUDA); without
+  // it such rows come back as negative statuses and the call never syncs.
   m.def(
       "sample_from_logits(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
-      "Tensor seed, int offset, bool return_logprobs) -> (Tensor, Tensor)");
+      "Tensor seed, int offset, bool return_logprobs, bool check=True) -> (Tensor, Tensor)");
   // P(good step) at the step-tag rows `positions` of hidden [N, H]; weight [2, H] (good, bad) or [1, H].
   m.def("prm_step_scores(Tensor hidden, Tensor positions, Tensor weight, Tensor? bias) -> Tensor");
   // reduce in {min, max, mean, sum, prod, last}; offsets [R + 1] int64; empty segment -> NaN.

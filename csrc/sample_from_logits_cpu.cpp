@@ -67,7 +67,7 @@ void check_row_range(const char* name, const at::Tensor& values, const at::Tenso
 
 void check_sample_inputs(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                          const at::Tensor& top_p, const at::Tensor& min_p, const at::Tensor& seed,
-                         int64_t offset) {
+                         int64_t offset, bool check_ranges) {
   // The same rules as mstar_fast/ops/sample_from_logits.py, for callers of torch.ops.mstar_fast.* that skip
   // the Python layer: a kernel must never see a parameter it would silently misread.
   TORCH_CHECK_VALUE(logits.dim() == 2, "sample_from_logits: logits must be [B, V], got shape ", logits.sizes());
@@ -99,7 +99,7 @@ void check_sample_inputs(const at::Tensor& logits, const at::Tensor& temperature
     }
   }
   TORCH_CHECK_VALUE(offset >= 0, "sample_from_logits: offset must be >= 0, got ", offset);
-  if (B == 0 || logits.is_meta()) return;  // meta: shapes only, there are no values to check
+  if (!check_ranges || B == 0 || logits.is_meta()) return;  // meta: shapes only, there are no values to check
   // Ranges (NaN fails every comparison, so it is caught with the rest). One sync when all are fine.
   const auto ok_t = temperature.isfinite().logical_and(temperature.ge(0));
   const auto ok_k = top_k.ge(0);
@@ -127,8 +127,8 @@ void check_sample_status(const at::Tensor& tokens) {
 std::tuple<at::Tensor, at::Tensor> sample_from_logits_cpu(const at::Tensor& logits, const at::Tensor& temperature,
                                                           const at::Tensor& top_k, const at::Tensor& top_p,
                                                           const at::Tensor& min_p, const at::Tensor& seed,
-                                                          int64_t offset, bool return_logprobs) {
-  check_sample_inputs(logits, temperature, top_k, top_p, min_p, seed, offset);
+                                                          int64_t offset, bool return_logprobs, bool check) {
+  check_sample_inputs(logits, temperature, top_k, top_p, min_p, seed, offset, check);
   TORCH_CHECK_VALUE(logits.device().is_cpu(), "sample_from_logits (cpu): logits must be on the CPU");
   const auto x = logits.contiguous();
   const int64_t B = x.size(0), V = x.size(1);
@@ -151,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor> sample_from_logits_cpu(const at::Tensor& logi
         mstar::cpu::DEFAULT::sample_from_logits_rows<T>(src, V, begin, end, params.data(), tok, lp);
     });
   });
-  check_sample_status(tokens);
+  if (check) check_sample_status(tokens);
   return {tokens, logprobs};
 }
 
@@ -160,8 +160,8 @@ std::tuple<at::Tensor, at::Tensor> sample_from_logits_cpu(const at::Tensor& logi
 std::tuple<at::Tensor, at::Tensor> sample_from_logits_meta(const at::Tensor& logits, const at::Tensor& temperature,
                                                            const at::Tensor& top_k, const at::Tensor& top_p,
                                                            const at::Tensor& min_p, const at::Tensor& seed,
-                                                           int64_t offset, bool return_logprobs) {
-  check_sample_inputs(logits, temperature, top_k, top_p, min_p, seed, offset);
+                                                           int64_t offset, bool return_logprobs, bool check) {
+  check_sample_inputs(logits, temperature, top_k, top_p, min_p, seed, offset, check);
   const int64_t B = logits.size(0);
   return {at::empty({B}, logits.options().dtype(at::kLong)),
           at::empty({return_logprobs ? B : 0}, logits.options().dtype(at::kFloat))};

@@ -1,6 +1,7 @@
-// CUDA launcher for mstar_fast::sample_from_logits: checks inputs, packs the per-row parameters on the device
-// (no host sync), and launches the torch-free kernel of csrc/cuda/sample_from_logits_kernel.cu on the
-// current stream. Compiled only against a CUDA build of torch (MSTAR_WITH_CUDA).
+// CUDA launcher for mstar_fast::sample_from_logits: checks inputs (with check=false only what needs no values:
+// no host sync at all), packs the per-row parameters on the device, and launches the torch-free kernel of
+// csrc/cuda/sample_from_logits_kernel.cu on the current stream. Compiled only against a CUDA build of torch
+// (MSTAR_WITH_CUDA).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -19,8 +20,8 @@ namespace mstar_fast {
 std::tuple<at::Tensor, at::Tensor> sample_from_logits_cuda(const at::Tensor& logits, const at::Tensor& temperature,
                                                            const at::Tensor& top_k, const at::Tensor& top_p,
                                                            const at::Tensor& min_p, const at::Tensor& seed,
-                                                           int64_t offset, bool return_logprobs) {
-  check_sample_inputs(logits, temperature, top_k, top_p, min_p, seed, offset);
+                                                           int64_t offset, bool return_logprobs, bool check) {
+  check_sample_inputs(logits, temperature, top_k, top_p, min_p, seed, offset, check);
   TORCH_CHECK_VALUE(logits.is_cuda(), "sample_from_logits (cuda): logits must be a CUDA tensor, got ",
                     logits.device());
   TORCH_CHECK_VALUE(logits.size(1) <= mstar::cuda::kSampleMaxVocab, "sample_from_logits (cuda): at most ",
@@ -62,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> sample_from_logits_cuda(const at::Tensor& log
                                                return_logprobs ? logprobs.data_ptr<float>() : nullptr, stream);
   TORCH_CHECK(err == cudaSuccess, "sample_from_logits (cuda): kernel launch failed for logits of shape [", B, ", ",
               V, "] (", x.scalar_type(), "): ", cudaGetErrorString(err));
-  check_sample_status(tokens);
+  if (check) check_sample_status(tokens);  // one host sync; without check the statuses stay in tokens
   // `packed` and the converted parameters are freed here; the caching allocator keeps their memory for this
   // stream's queued work, so the kernels still read valid data.
   return {tokens, logprobs};

@@ -27,6 +27,9 @@ def load_extension() -> tuple[object | None, str]:
         )
         logger.warning("mstar_fast: %s; using the other backends", reason)
         return None, reason
+    from mstar_fast.ops import _fake  # shape functions, so torch.compile can trace the compiled ops
+
+    _fake.register()
     return mod, ""
 
 

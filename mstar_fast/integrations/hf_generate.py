@@ -84,7 +84,8 @@ class SamplerLogitsProcessor:
         dev = scores.device
         tokens, lp = ops.sample_from_logits(
             scores, self._on(self.temperature, dev), self._on(self.top_k, dev), self._on(self.top_p, dev),
-            self._on(self.min_p, dev), seed=self._on(self._seeds, dev), offset=step, return_logprobs=True)
+            self._on(self.min_p, dev), seed=self._on(self._seeds, dev), offset=step, return_logprobs=True,
+            check=True)  # a status (-1 / -2) would reach scatter_ below as an index; generate() syncs anyway
         self._logprobs.append(lp)
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(1, tokens.view(-1, 1), 0.0)

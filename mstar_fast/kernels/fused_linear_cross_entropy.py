@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from mstar_fast import _ext
+from mstar_fast.kernels._launch import device_guard, static_bound
 
 __all__ = ["cross_entropy_chunk"]
 
@@ -29,6 +30,7 @@ def _fused_linear_cross_entropy_kernel(
     WRITE_GRAD: tl.constexpr,
     BF16_RNE: tl.constexpr,  # round fp32 -> bf16 to nearest-even by hand (only the interpreter needs it)
     BLOCK_V: tl.constexpr,
+    N_STATIC: tl.constexpr,  # n_cols under the interpreter, -1 when compiled (kernels/_launch.py: static_bound)
 ):
     row = tl.program_id(0).to(tl.int64)  # int64: row * stride overflows int32 past 2^31 elements
     base = logits_ptr + row * stride_row
@@ -39,7 +41,7 @@ def _fused_linear_cross_entropy_kernel(
     # Pass 1: online softmax. m is the running max, d the sum of exp(x - m) rescaled when m grows.
     m = float("-inf")
     d = 0.0
-    for start in range(0, n_cols, BLOCK_V):
+    for start in range(0, N_STATIC if N_STATIC >= 0 else n_cols, BLOCK_V):
         cols = start + offs
         x = tl.load(base + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
         m_new = tl.maximum(m, tl.max(x, axis=0))
@@ -58,7 +60,7 @@ def _fused_linear_cross_entropy_kernel(
             scale = 1.0
         scale = tl.where(valid, scale, 0.0)  # ignored rows get an all-zero gradient
         # Pass 2: d loss / d logits = softmax - onehot(label), written over the logits.
-        for start in range(0, n_cols, BLOCK_V):
+        for start in range(0, N_STATIC if N_STATIC >= 0 else n_cols, BLOCK_V):
             cols = start + offs
             mask = cols < n_cols
             x = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32)
@@ -109,18 +111,20 @@ def cross_entropy_chunk(
     cap = 1 << 16 if _ext.triton_interpret() else 1 << 14
     block = min(cap, triton.next_power_of_2(V))
     num_warps = 32 if block >= 1 << 14 else (16 if block >= 1 << 12 else 8)
-    _fused_linear_cross_entropy_kernel[(C,)](
-        logits,
-        logits.stride(0),
-        labels,
-        scale if scale is not None else loss,  # any valid pointer; not read when HAS_SCALE is False
-        loss,
-        V,
-        ignore_index,
-        HAS_SCALE=scale is not None,
-        WRITE_GRAD=want_grad,
-        BF16_RNE=logits.dtype == torch.bfloat16 and _ext.triton_interpret(),
-        BLOCK_V=block,
-        num_warps=num_warps,
-    )
+    with device_guard(logits.device):  # Triton launches on the current device, not the tensors' one
+        _fused_linear_cross_entropy_kernel[(C,)](
+            logits,
+            logits.stride(0),
+            labels,
+            scale if scale is not None else loss,  # any valid pointer; not read when HAS_SCALE is False
+            loss,
+            V,
+            ignore_index,
+            HAS_SCALE=scale is not None,
+            WRITE_GRAD=want_grad,
+            BF16_RNE=logits.dtype == torch.bfloat16 and _ext.triton_interpret(),
+            BLOCK_V=block,
+            N_STATIC=static_bound(V),
+            num_warps=num_warps,
+        )
     return loss, (logits if want_grad else None)

@@ -10,6 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
+from mstar_fast import _ext
+from mstar_fast.kernels._launch import device_guard
+
 
 @triton.jit
 def _group_topk_kernel(
@@ -24,6 +27,7 @@ def _group_topk_kernel(
     HAS_VALID: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_J: tl.constexpr,
+    L_STATIC: tl.constexpr,  # under the interpreter the largest group, else -1 (kernels/_launch.py: static_bound)
 ):
     pid = tl.program_id(0)
     i = pid * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -40,7 +44,7 @@ def _group_topk_kernel(
     ni = (si != si)[:, None]
     before = tl.zeros([BLOCK_I], dtype=tl.int32)
     longest = tl.max(end - start, axis=0)
-    for d in range(0, longest, BLOCK_J):
+    for d in range(0, L_STATIC if L_STATIC >= 0 else longest, BLOCK_J):
         j = start[:, None] + d + tl.arange(0, BLOCK_J)[None, :]
         jmask = (j < end[:, None]) & imask[:, None]
         b = tl.load(scores_ptr + j, mask=jmask, other=0.0).to(KEY)
@@ -75,8 +79,12 @@ def group_topk(
     key = tl.float64 if scores.dtype == torch.float64 else tl.float32  # bf16 / fp16 widen exactly
     valid_arg = valid.contiguous().view(torch.uint8) if valid is not None else out
     k = min(int(k), L)  # fits the int32 counts
-    _group_topk_kernel[(triton.cdiv(L, block_i),)](
-        scores, group, group_offsets, valid_arg, out, L, k,
-        KEY=key, HAS_VALID=valid is not None, BLOCK_I=block_i, BLOCK_J=block_j,
-    )
+    # The interpreter needs the loop bound as a Python int; it runs on CPU tensors, so reading it is free.
+    largest = int(counts.max()) if _ext.triton_interpret() else -1
+    with device_guard(scores.device):  # Triton launches on the current device, not the tensors' one
+        _group_topk_kernel[(triton.cdiv(L, block_i),)](
+            scores, group, group_offsets, valid_arg, out, L, k,
+            KEY=key, HAS_VALID=valid is not None, BLOCK_I=block_i, BLOCK_J=block_j,
+            L_STATIC=largest,
+        )
     return out.bool()

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mstar_fast.kernels._launch import device_guard, static_bound
+
 
 @triton.jit
 def _prm_step_scores_kernel(
@@ -26,6 +28,7 @@ def _prm_step_scores_kernel(
     HAS_BIAS: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    H_STATIC: tl.constexpr,  # H under the interpreter, -1 when compiled (kernels/_launch.py: static_bound)
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -33,7 +36,7 @@ def _prm_step_scores_kernel(
     pos = tl.load(pos_ptr + rows, mask=rmask, other=0).to(tl.int64)
     acc0 = tl.zeros([BLOCK_S], dtype=tl.float32)
     acc1 = tl.zeros([BLOCK_S], dtype=tl.float32)
-    for h0 in range(0, H, BLOCK_H):
+    for h0 in range(0, H_STATIC if H_STATIC >= 0 else H, BLOCK_H):
         cols = h0 + tl.arange(0, BLOCK_H)
         cmask = cols < H
         x = tl.load(
@@ -77,8 +80,10 @@ def prm_step_scores(
         block_s, block_h, warps = 8, min(512, triton.next_power_of_2(max(H, 1))), 4
     bias_arg = bias.contiguous() if bias is not None else weight
     grid = (triton.cdiv(S, block_s),)
-    _prm_step_scores_kernel[grid](
-        hidden, positions, weight, bias_arg, out, S, H, hidden.stride(0),
-        C=weight.shape[0], HAS_BIAS=bias is not None, BLOCK_S=block_s, BLOCK_H=block_h, num_warps=warps,
-    )
+    with device_guard(hidden.device):  # Triton launches on the current device, not the tensors' one
+        _prm_step_scores_kernel[grid](
+            hidden, positions, weight, bias_arg, out, S, H, hidden.stride(0),
+            C=weight.shape[0], HAS_BIAS=bias is not None, BLOCK_S=block_s, BLOCK_H=block_h,
+            H_STATIC=static_bound(H), num_warps=warps,
+        )
     return out

@@ -8,12 +8,12 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from mstar_fast import _ext
+from mstar_fast.kernels._launch import device_guard, static_bound
 from mstar_fast.ops.reference import GREEDY_TEMPERATURE
 
 __all__ = ["sample_from_logits"]
@@ -38,7 +38,7 @@ def _tile_e(row_ptrs, rows_ok, offs, V, m, T):
 
 @triton.jit
 def _radix_search(row_ptrs, rows_ok, V, m, T, e1, bits1, target, BY_MASS: tl.constexpr, ROWS: tl.constexpr,
-                  BLOCK: tl.constexpr, RBITS: tl.constexpr, ONE_TILE: tl.constexpr):
+                  BLOCK: tl.constexpr, RBITS: tl.constexpr, ONE_TILE: tl.constexpr, V_STATIC: tl.constexpr):
     """Per row, the largest fp32 bit pattern u with F(u) >= target, where F(u) is the count
     (BY_MASS=False) or the mass (BY_MASS=True) of the e with bits(e) >= u. e lies in [0, 1], so
     u < 2^30: 30 / RBITS passes over the row, each deciding RBITS bits by testing 2^RBITS candidates.
@@ -59,7 +59,7 @@ def _radix_search(row_ptrs, rows_ok, V, m, T, e1, bits1, target, BY_MASS: tl.con
         if it == NPASS - 1:  # a count search also sums the masses in its last, full-resolution pass
             if not BY_MASS:
                 acc3_m = tl.full([ROWS, NC, BLOCK], 0.0, tl.float32)
-        for start in range(0, V, BLOCK):
+        for start in range(0, V_STATIC if V_STATIC >= 0 else V, BLOCK):
             if ONE_TILE:
                 e, bits = e1, bits1
             else:
@@ -86,10 +86,10 @@ def _radix_search(row_ptrs, rows_ok, V, m, T, e1, bits1, target, BY_MASS: tl.con
 
 @triton.jit
 def _masked_mass(row_ptrs, rows_ok, V, m, T, e1, bits1, thr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
-                 ONE_TILE: tl.constexpr):
+                 ONE_TILE: tl.constexpr, V_STATIC: tl.constexpr):
     """Per row, the sum of e over bits(e) >= thr."""
     acc = tl.full([ROWS, BLOCK], 0.0, tl.float32)
-    for start in range(0, V, BLOCK):
+    for start in range(0, V_STATIC if V_STATIC >= 0 else V, BLOCK):
         if ONE_TILE:
             e, bits = e1, bits1
         else:
@@ -98,7 +98,9 @@ def _masked_mass(row_ptrs, rows_ok, V, m, T, e1, bits1, thr, ROWS: tl.constexpr,
     return tl.sum(acc, axis=1)
 
 
-@triton.jit(do_not_specialize=["offset_lo", "offset_hi"])
+# B is a runtime argument that is never specialised (Triton would otherwise compile one variant for B == 1
+# and one for B % 16 == 0, 33-53 s each on a GPU); V stays specialisable (fixed per model).
+@triton.jit(do_not_specialize=["B", "offset_lo", "offset_hi"])
 def _sample_from_logits_kernel(
     logits_ptr,  # [B, V] fp32 / bf16 / fp16, contiguous
     temp_ptr,  # [B] fp32, < GREEDY_T = greedy
@@ -118,6 +120,7 @@ def _sample_from_logits_kernel(
     RBITS: tl.constexpr,
     ONE_TILE: tl.constexpr,  # V <= BLOCK: e is computed once and kept for every later pass
     GREEDY_T: tl.constexpr,  # GREEDY_TEMPERATURE
+    V_STATIC: tl.constexpr,  # V under the interpreter, -1 when compiled (kernels/_launch.py: static_bound)
 ):
     # ROWS rows per program; every reduction is along a row, so a row's result never depends on the
     # rows beside it (ROWS itself depends only on V and the device).
@@ -133,7 +136,7 @@ def _sample_from_logits_kernel(
     z = tl.full([ROWS], 0.0, tl.float32)
     amax = tl.full([ROWS], 0, tl.int32)
     bad = tl.full([ROWS], 0, tl.int32)
-    for start in range(0, V, BLOCK):
+    for start in range(0, V_STATIC if V_STATIC >= 0 else V, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = valid[:, None] & (offs[None, :] < V)
         x = tl.load(row_ptrs[:, None] + offs[None, :], mask=mask, other=float("-inf")).to(tl.float32)
@@ -168,7 +171,7 @@ def _sample_from_logits_kernel(
         if tl.max(use_k.to(tl.int32), axis=0) != 0:
             # k-th largest e: the largest t with count(e >= t) >= k (ties at the boundary kept).
             s_k, _cnt, s_zk = _radix_search(row_ptrs, ok, V, m, T1, e1, bits1, k.to(tl.float32), False, ROWS, BLOCK,
-                                            RBITS, ONE_TILE)
+                                            RBITS, ONE_TILE, V_STATIC)
             t_k = tl.where(use_k, s_k, t_k)
             z_k = tl.where(use_k, s_zk, z_k)
         use_p = active & (p < 1.0)
@@ -178,7 +181,7 @@ def _sample_from_logits_kernel(
             # i passes top-p iff mass(e > e_i) < p * z_k, i.e. iff e_i >= the largest t with
             # mass(e >= t) >= p * z_k; tokens below t_k never enter this set when t < t_k.
             s_p, s_zp, _mass = _radix_search(row_ptrs, ok, V, m, T1, e1, bits1, p * z_k, True, ROWS, BLOCK, RBITS,
-                                                ONE_TILE)
+                                                ONE_TILE, V_STATIC)
             t_p = tl.where(use_p, s_p, t_p)
             z_p = tl.where(use_p, s_zp, z_p)
         t_min = tl.maximum(mp, 0.0).to(tl.int32, bitcast=True)
@@ -186,7 +189,8 @@ def _sample_from_logits_kernel(
         z_keep = tl.where(thr == t_p, z_p, z_k)
         need = active & (thr != t_p) & (thr != t_k)
         if tl.max(need.to(tl.int32), axis=0) != 0:
-            z_keep = tl.where(need, _masked_mass(row_ptrs, ok, V, m, T1, e1, bits1, thr, ROWS, BLOCK, ONE_TILE), z_keep)
+            z_keep = tl.where(need, _masked_mass(row_ptrs, ok, V, m, T1, e1, bits1, thr, ROWS, BLOCK, ONE_TILE,
+                                                           V_STATIC), z_keep)
 
         seed = tl.load(seed_ptr + rows, mask=valid, other=0)
         zero = tl.full([ROWS], 0, tl.uint32)
@@ -230,7 +234,7 @@ def _sample_from_logits_kernel(
 
 
 def _interpreting(device: torch.device) -> bool:
-    return device.type == "cpu" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return device.type == "cpu" or _ext.triton_interpret()
 
 
 def _config(B: int, V: int, device: torch.device) -> tuple[int, int, int, int]:
@@ -281,25 +285,27 @@ def sample_from_logits(
     if B == 0:
         return tokens, logprobs
     rows, block, rbits, num_warps = _config(B, V, device)
-    _sample_from_logits_kernel[(triton.cdiv(B, rows),)](
-        logits,
-        temperature.to(device=device, dtype=torch.float32).contiguous(),
-        top_k.to(device=device, dtype=torch.int64).contiguous(),
-        top_p.to(device=device, dtype=torch.float32).contiguous(),
-        min_p.to(device=device, dtype=torch.float32).contiguous(),
-        seed.to(device=device, dtype=torch.int64).contiguous(),
-        tokens,
-        logprobs if return_logprobs else tokens,
-        B,
-        V,
-        int(offset) & _M32,
-        (int(offset) >> 32) & _M32,
-        RETURN_LOGPROBS=bool(return_logprobs),
-        GREEDY_T=GREEDY_TEMPERATURE,
-        ROWS=rows,
-        BLOCK=block,
-        RBITS=rbits,
-        ONE_TILE=V <= block,
-        num_warps=num_warps,
-    )
+    with device_guard(device):  # Triton launches on the current device, not the tensors' one
+        _sample_from_logits_kernel[(triton.cdiv(B, rows),)](
+            logits,
+            temperature.to(device=device, dtype=torch.float32).contiguous(),
+            top_k.to(device=device, dtype=torch.int64).contiguous(),
+            top_p.to(device=device, dtype=torch.float32).contiguous(),
+            min_p.to(device=device, dtype=torch.float32).contiguous(),
+            seed.to(device=device, dtype=torch.int64).contiguous(),
+            tokens,
+            logprobs if return_logprobs else tokens,
+            B,
+            V,
+            int(offset) & _M32,
+            (int(offset) >> 32) & _M32,
+            RETURN_LOGPROBS=bool(return_logprobs),
+            GREEDY_T=GREEDY_TEMPERATURE,
+            ROWS=rows,
+            BLOCK=block,
+            RBITS=rbits,
+            ONE_TILE=V <= block,
+            V_STATIC=static_bound(V),
+            num_warps=num_warps,
+        )
     return tokens, logprobs

@@ -11,6 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
+from mstar_fast import _ext
+from mstar_fast.kernels._launch import device_guard
+
 REDUCE_CODES = {"min": 0, "max": 1, "mean": 2, "sum": 3, "prod": 4, "last": 5}
 
 
@@ -29,6 +32,7 @@ def _segment_reduce_kernel(
     ACC: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    L_STATIC: tl.constexpr,  # under the interpreter the longest segment, else -1 (kernels/_launch.py: static_bound)
 ):
     pid = tl.program_id(0)
     r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -51,7 +55,7 @@ def _segment_reduce_kernel(
         acc = tl.full([BLOCK_R, BLOCK_L], init, dtype=ACC)
         saw_nan = tl.zeros([BLOCK_R, BLOCK_L], dtype=tl.int32)
         longest = tl.max(n, axis=0)
-        for l0 in range(0, longest, BLOCK_L):
+        for l0 in range(0, L_STATIC if L_STATIC >= 0 else longest, BLOCK_L):
             idx = start[:, None] + l0 + tl.arange(0, BLOCK_L)[None, :]
             x = tl.load(values_ptr + idx, mask=idx < end[:, None], other=init).to(ACC)
             if REDUCE == 0:
@@ -97,8 +101,12 @@ def segment_reduce(values: torch.Tensor, offsets: torch.Tensor, reduce: str) -> 
     else:
         block_r, block_l = 32, 32
     acc = tl.float64 if values.dtype == torch.float64 else tl.float32
+    # The interpreter needs the loop bound as a Python int; it runs on CPU tensors, so reading it is free.
+    longest = int((offsets[1:] - offsets[:-1]).max()) if _ext.triton_interpret() else -1
     grid = (triton.cdiv(R, block_r),)
-    _segment_reduce_kernel[grid](
-        values, offsets, out, R, REDUCE=REDUCE_CODES[reduce], ACC=acc, BLOCK_R=block_r, BLOCK_L=block_l
-    )
+    with device_guard(values.device):  # Triton launches on the current device, not the tensors' one
+        _segment_reduce_kernel[grid](
+            values, offsets, out, R, REDUCE=REDUCE_CODES[reduce], ACC=acc, BLOCK_R=block_r, BLOCK_L=block_l,
+            L_STATIC=longest,
+        )
     return out

@@ -127,7 +127,10 @@ def _load_compiled(spec: OpSpec) -> Callable:
 
 
 def _load_triton(spec: OpSpec) -> Callable:
-    return _resolve(spec.entry.get("triton", f"mstar_fast.kernels.{spec.name}:{spec.name}"))
+    # torch.compile runs Triton launchers as they are (a graph break): dynamo would otherwise trace into the
+    # launcher, and under TRITON_INTERPRET into the interpreter's numpy code, which it cannot. (Applied here,
+    # at first use, not as a decorator: torch.compiler.disable imports torch._dynamo, and with it triton.)
+    return torch.compiler.disable(_resolve(spec.entry.get("triton", f"mstar_fast.kernels.{spec.name}:{spec.name}")))
 
 
 def _load_torch(spec: OpSpec) -> Callable:
@@ -172,7 +175,7 @@ _ALL = ("cuda", "triton", "cpp", "torch")
 register_op(OpSpec(
     "sample_from_logits",
     "sample_from_logits(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
-    "Tensor seed, int offset, bool return_logprobs) -> (Tensor, Tensor)",
+    "Tensor seed, int offset, bool return_logprobs, bool check=True) -> (Tensor, Tensor)",
     _ALL,
     reference.sample_from_logits_reference,
 ))

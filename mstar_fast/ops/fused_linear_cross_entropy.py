@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from mstar_fast import _ext
 from mstar_fast.ops import _registry
 
 logger = logging.getLogger("mstar_fast")
@@ -82,18 +83,52 @@ def _chunk_rows(n: int, v: int, itemsize: int, device: torch.device, chunk_size:
     return max(1, min(rows, n))
 
 
+@functools.lru_cache(maxsize=None)
+def _addmm_out_dtype(device: torch.device, dtype: torch.dtype) -> bool:
+    """Feature test, once per (device, dtype): does ``torch.addmm(acc, a, b, out_dtype=float32, out=acc)``
+    accumulate a low-precision product into an fp32 ``acc`` in place, and get it right? (torch >= 2.8 on
+    CUDA has the overload; CPU builds and older releases raise.) Tested by running it, never by comparing
+    version strings."""
+    try:
+        a = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=dtype, device=device)
+        acc = torch.full((2, 2), 0.5, dtype=torch.float32, device=device)
+        torch.addmm(acc, a, a.t(), out_dtype=torch.float32, out=acc)
+        want = torch.tensor([[5.5, 11.5], [11.5, 25.5]])
+        return bool(torch.equal(acc.cpu(), want))
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_accumulate() -> Callable | None:
+    mod, why = _ext.load_triton()
+    if mod is None:
+        logger.warning("mstar_fast: fused_linear_cross_entropy on a torch without addmm(out_dtype=) and without "
+                       "triton upcasts each chunk's weight-gradient GEMM to fp32 (slow): %s", why)
+        return None
+    return importlib.import_module("mstar_fast.kernels.accumulate_matmul").accumulate_matmul_
+
+
 def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """acc (fp32/fp64) += a @ b for a, b in the compute dtype, without rounding the product to bf16/fp16
-    first (that rounding, repeated per chunk, would make the weight gradient worse than torch's own)."""
+    first (that rounding, repeated per chunk, would make the weight gradient worse than torch's own), and
+    on CUDA without an fp32 temporary the size of acc ([V, H] for the weight gradient) per chunk.
+
+    CUDA: cuBLAS accumulating into acc (``addmm(out_dtype=float32, out=acc)``, torch >= 2.8) where the
+    feature test passes; else the Triton kernel ``kernels/accumulate_matmul.py`` (bf16/fp16 tensor cores,
+    fp32 accumulator, acc read and written once); else upcast copies of a and b and an fp32 GEMM.
+    CPU: upcast copies of a and b (``[V, C]`` and ``[C, H]``; the CPU has no fp32-output bf16 GEMM)."""
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
         return
-    if acc.device.type == "cuda":
-        try:  # torch >= 2.8 on CUDA: low-precision inputs, fp32 output, no upcast copies
-            acc.add_(torch.mm(a, b, out_dtype=acc.dtype))
+    if acc.device.type == "cuda" and acc.dtype == torch.float32:
+        if _addmm_out_dtype(acc.device, a.dtype):
+            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
             return
-        except (RuntimeError, TypeError):
-            pass
+        accumulate = _triton_accumulate()
+        if accumulate is not None:
+            accumulate(acc, a, b)
+            return
     acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 

@@ -39,11 +39,16 @@ def _row_param(name: str, value: Param, B: int, device: torch.device, integer: b
     return torch.full((B,), value, dtype=dtype, device=device)
 
 
-def _check_range(name: str, t: torch.Tensor, ok: torch.Tensor, rule: str) -> None:
-    bad = ~ok
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise ValueError(f"sample_from_logits: {name} must be {rule}; row {row} has {t[row].item()}")
+def _check_ranges(checks: list[tuple[str, torch.Tensor, torch.Tensor, str]]) -> None:
+    """Raise for the first (name, values, ok, rule) whose ``ok`` is false somewhere, naming the row. One
+    host sync (on CUDA tensors) when every value is in range."""
+    if not checks or bool(torch.stack([ok for _, _, ok, _ in checks]).all()):
+        return
+    for name, t, ok, rule in checks:
+        bad = ~ok
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(f"sample_from_logits: {name} must be {rule}; row {row} has {t[row].item()}")
 
 
 def _row_seeds(seed: int | torch.Tensor | None, B: int, device: torch.device) -> torch.Tensor:
@@ -61,8 +66,10 @@ def _row_seeds(seed: int | torch.Tensor | None, B: int, device: torch.device) ->
         raise ValueError(f"sample_from_logits: seed must be None, an int or a [B] int64 tensor, got {type(seed).__name__}")
     # One int seeds the whole batch: row b gets its own key, so equal rows still draw independently.
     base = int(seed)
-    rows = [_to_signed64(base + (b + 1) * _GOLDEN) for b in range(B)]
-    return torch.tensor(rows, dtype=torch.int64, device=device)
+    rows = torch.tensor([_to_signed64(base + (b + 1) * _GOLDEN) for b in range(B)], dtype=torch.int64)
+    if device.type == "cuda":  # from pinned memory the copy is queued on the stream: no host sync
+        return rows.pin_memory().to(device, non_blocking=True)
+    return rows.to(device)
 
 
 def sample_from_logits(
@@ -74,6 +81,8 @@ def sample_from_logits(
     seed: int | torch.Tensor | None = None,
     offset: int = 0,
     return_logprobs: bool = False,
+    *,
+    check: bool | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row of ``logits``.
 
@@ -99,13 +108,21 @@ def sample_from_logits(
             temperature-scaled, *unfiltered* distribution, ``log_softmax(logits / T)`` (T = 1 for greedy
             rows; computed as ``log_softmax((logits - max) / T)``, so finite logits near the float32
             maximum stay finite): what a trainer's softmax over the same logits computes.
+        check: check the parameter ranges and the rows the kernel could not sample (NaN / +inf / all
+            -inf), raising ValueError naming the row. Both read values on the host: on CUDA tensors that
+            is a device sync per call (two when the parameters are fine), so ``None`` (the default) means
+            True for CPU tensors and False for CUDA tensors. Unchecked, the call never syncs the host
+            (CUDA graphs and overlap work); a row that cannot be sampled then comes back as a negative
+            status instead of a token (-1: NaN or +inf, -2: all -inf; see :func:`raise_for_status`), and
+            out-of-range parameters are the caller's responsibility. Shape, dtype and device checks
+            always run (they need no values).
 
     Returns:
         ``[B]`` int64 tokens on the logits' device, or ``(tokens, logprobs)`` with fp32 logprobs.
 
     Raises:
-        ValueError: a row holding NaN or +inf, a row that is all -inf, a parameter out of range, or a
-            shape, dtype or device mismatch.
+        ValueError: a shape, dtype or device mismatch; with ``check``, also a row holding NaN or +inf, a
+            row that is all -inf, or a parameter out of range.
     """
     if not isinstance(logits, torch.Tensor):
         raise ValueError(f"sample_from_logits: logits must be a torch.Tensor, got {type(logits).__name__}")
@@ -125,21 +142,40 @@ def sample_from_logits(
     k = _row_param("top_k", top_k, B, device, integer=True)
     p = _row_param("top_p", top_p, B, device, integer=False)
     mp = _row_param("min_p", min_p, B, device, integer=False)
-    _check_range("temperature", t, torch.isfinite(t) & (t >= 0), "finite and >= 0")
-    _check_range("top_k", k, k >= 0, ">= 0")
-    _check_range("top_p", p, (p > 0) & (p <= 1), "in (0, 1]")
-    _check_range("min_p", mp, (mp >= 0) & (mp <= 1), "in [0, 1]")
+    if check is None:
+        check = device.type != "cuda"
+    if check and B > 0:
+        _check_ranges([
+            ("temperature", t, torch.isfinite(t) & (t >= 0), "finite and >= 0"),
+            ("top_k", k, k >= 0, ">= 0"),
+            ("top_p", p, (p > 0) & (p <= 1), "in (0, 1]"),
+            ("min_p", mp, (mp >= 0) & (mp <= 1), "in [0, 1]"),
+        ])
     seeds = _row_seeds(seed, B, device)
     if B == 0:
         empty = torch.empty(0, dtype=torch.int64, device=device)
         return (empty, torch.empty(0, dtype=torch.float32, device=device)) if return_logprobs else empty
 
-    _, impl = _registry.implementation("sample_from_logits", device)
-    tokens, logprobs = impl(logits.contiguous(), t, k, p, mp, seeds, int(offset), bool(return_logprobs))
+    name, impl = _registry.implementation("sample_from_logits", device)
+    args = (logits.contiguous(), t, k, p, mp, seeds, int(offset), bool(return_logprobs))
+    # The compiled ops check ranges and statuses themselves for callers of torch.ops.mstar_fast.* (check=True
+    # by default); this layer has decided already, so they skip both (and their host syncs).
+    tokens, logprobs = impl(*args, False) if name in ("cpp", "cuda") else impl(*args)
+    if check:
+        raise_for_status(tokens)
+    return (tokens, logprobs) if return_logprobs else tokens
+
+
+def raise_for_status(tokens: torch.Tensor) -> None:
+    """Raise ValueError naming the first row of ``tokens`` (``[B]`` int64, as ``sample_from_logits``
+    returns them unchecked) that holds a status instead of a token: -1 (its logits hold NaN or +inf) or
+    -2 (all -inf). Reads ``tokens`` on the host: one device sync for CUDA tensors, so call it where the
+    tokens are read anyway (for example after copying them to the host)."""
     bad = tokens < 0
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
-        why = "holds NaN or +inf" if int(tokens[row]) == STATUS_NON_FINITE else "is all -inf (every token masked)"
-        assert int(tokens[row]) in (STATUS_NON_FINITE, STATUS_ALL_MASKED)
+        status = int(tokens[row])
+        if status not in (STATUS_NON_FINITE, STATUS_ALL_MASKED):
+            raise ValueError(f"sample_from_logits: row {row} holds {status}, which is neither a token nor a status")
+        why = "holds NaN or +inf" if status == STATUS_NON_FINITE else "is all -inf (every token masked)"
         raise ValueError(f"sample_from_logits: logits row {row} {why}; {int(bad.sum())} bad row(s) in total")
-    return (tokens, logprobs) if return_logprobs else tokens

@@ -19,6 +19,7 @@ from mstar_fast.data.records import Prompt, Sample
 from mstar_fast.models.families import cast_floating_inputs
 from mstar_fast.models.prompting import PromptError, encode_prompt
 from mstar_fast.ops import sample_from_logits
+from mstar_fast.ops.sample_from_logits import raise_for_status
 from mstar_fast.rollout import kv, shared_prefix
 from mstar_fast.rollout.batch import Entry, Group, RunningBatch
 from mstar_fast.rollout.fallback import generate_group
@@ -164,7 +165,10 @@ class Run:
                                              seed=torch.tensor(g.seeds[:rows], device=logits.device), offset=0,
                                              return_logprobs=True)
         live, live_first, live_lp = [], [], []
-        for r, (t, lp) in enumerate(zip(first.tolist(), first_lp.tolist())):
+        first_l = first.tolist()
+        if first_l and min(first_l) < 0:  # CUDA: statuses, not errors, come back from the sampler
+            raise_for_status(first)
+        for r, (t, lp) in enumerate(zip(first_l, first_lp.tolist())):
             reason = self._finish_reason(t, [t], 1, g.limit)
             if reason:
                 self._finalize(g, r, [t], reason, [lp])
@@ -191,6 +195,8 @@ class Run:
         batch.steps += 1
         live = batch.alive.nonzero().flatten().tolist() if batch.n_dead else range(rows)
         tl, lpl = tokens.tolist(), logprobs.tolist()
+        if tl and min(tl) < 0:  # on CUDA the sampler leaves NaN / all -inf rows as statuses (no sync); raise here
+            raise_for_status(tokens)
         for r in live:
             batch.tokens[r].append(tl[r])
             batch.logprobs[r].append(lpl[r])

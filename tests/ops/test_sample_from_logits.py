@@ -319,15 +319,15 @@ def test_bad_rows_raise_value_error_naming_the_row(backend):
     x = torch.randn(4, 100)
     x[2, 50] = float("nan")
     with use_backend(backend), pytest.raises(ValueError, match="row 2 holds NaN"):
-        sample_from_logits(x.to(dev), seed=1)
+        sample_from_logits(x.to(dev), seed=1, check=True)  # check: the default only on CPU tensors
     y = torch.randn(4, 100)
     y[1] = float("-inf")
     with use_backend(backend), pytest.raises(ValueError, match="row 1 is all -inf"):
-        sample_from_logits(y.to(dev), temperature=0.0)
+        sample_from_logits(y.to(dev), temperature=0.0, check=True)
     z = torch.randn(3, 100)
     z[0, 3] = float("inf")
     with use_backend(backend), pytest.raises(ValueError, match="row 0 holds NaN or \\+inf"):
-        sample_from_logits(z.to(dev), top_p=0.5, seed=1)
+        sample_from_logits(z.to(dev), top_p=0.5, seed=1, check=True)
 
 
 @pytest.mark.parametrize(
@@ -431,7 +431,7 @@ def test_compiled_op_rejects_what_the_python_api_rejects(backend, case):
     x = (transform(x) if transform else x).to(dev)
     kwargs = {k: v.to(dev) if isinstance(v, torch.Tensor) and v.device.type == "cpu" else v for k, v in kwargs.items()}
     with use_backend(backend), pytest.raises(ValueError, match=match):
-        sample_from_logits(x, **kwargs)
+        sample_from_logits(x, check=True, **kwargs)
 
     ext.load_extension()
     B = x.shape[0] if x.dim() == 2 else 3
