@@ -54,7 +54,7 @@ def quick_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, floa
 def test_demo_quick_end_to_end(quick_run):
     run_dir, res, seconds = quick_run
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert seconds < 180, f"mstar demo --quick took {seconds:.0f}s (budget: 3 minutes)"
+    print(f"mstar demo --quick: {seconds:.0f} s")  # speed lives in benchmarks/, never in a timed unit test
     rows = _rows(run_dir)
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     for r in rows:
