@@ -246,7 +246,8 @@ class VLLMRolloutEngine:
         Args:
             source: None: the current weights of the model object the engine was built on (what
                 ``generate`` does by itself when they changed); a directory: a model saved with
-                ``save_pretrained`` (same architecture), e.g. a recipe stage's model directory.
+                ``save_pretrained`` (same architecture), e.g. a recipe stage's model directory; an engine
+                on a model object serves those weights until the object's weights change again.
 
         Raises:
             ValueError: ``source`` is None but the engine was not built on a model object.
@@ -260,14 +261,16 @@ class VLLMRolloutEngine:
             self.policy.save_pretrained(self._shared.snapshot)
             path = str(self._shared.snapshot)
         else:
-            version, path = 0, str(source)
+            path = str(source)
             if not Path(path).is_dir():
                 raise FileNotFoundError(f"VLLMRolloutEngine.update_weights: {path} is not a model directory")
+            # The directory's weights are served until the model object's weights change again.
+            version = _weight_version(self.policy) if self.policy is not None else 0
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
         if self._shared is not None:
             self._shared.reloads += 1
-            self._shared.loaded = (self._token if source is None else 0, version)
+            self._shared.loaded = (self._token, version)
 
     def _sync(self) -> None:
         """Load the model object's weights when vLLM holds other ones (changed, or another engine's)."""

@@ -43,8 +43,10 @@ def engine(tiny):
     return RolloutEngine(model, tok, backend="vllm")
 
 
-def _teacher_forced_logprobs(model, tok, prompt: Prompt, ids: list[int], temperature: float) -> torch.Tensor:
-    """log_softmax(logits / T) of each generated token under the HF model (T < 1e-5 counts as 1)."""
+def _teacher_forced_logprobs(model, tok, prompt: Prompt, ids: list[int],
+                             temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """log_softmax(logits / T) at each generated position ``[len(ids), V]`` under the HF model, and the
+    generated tokens' entries ``[len(ids)]`` (T < 1e-5 counts as 1)."""
     p = encode_prompt(tok, prompt)["input_ids"][0].tolist()
     with torch.no_grad():
         logits = model(torch.tensor([p + ids])).logits[0, len(p) - 1:-1].float()
@@ -67,7 +69,7 @@ def test_sample_fields_greedy_mixed_with_sampling(engine):
             assert s.finish_reason == "stop" or len(s.token_ids) == 12
             assert s.text == engine.tokenizer.decode([t for t in s.token_ids if t not in engine.eos_ids],
                                                      skip_special_tokens=True)
-        assert s.temperature == [0.0, 1.0, 0.7][i]
+            assert s.temperature == [0.0, 1.0, 0.7][i]
     greedy = out[:n]
     assert all(s.token_ids == greedy[0].token_ids for s in greedy)
     sampled = out[n:2 * n]
@@ -83,6 +85,17 @@ def test_logprobs_and_greedy_tokens_match_the_hf_model(engine, tiny):
         assert torch.allclose(torch.tensor(s.token_logprobs), lp, atol=2e-4), (s.token_logprobs, lp)
         if t == 0.0:  # argmax at every step (up to fp32 ties)
             assert torch.all(lp >= lsm.max(dim=-1).values - 1e-4)
+
+
+def test_greedy_samples_equal_the_builtin_engines(engine, tiny):
+    """Field by field against the built-in engine on the same weights (greedy: no sampler randomness)."""
+    _, model, tok = tiny
+    kw = dict(n=2, temperature=0.0, max_new_tokens=10, seed=7, stop=["@@"])
+    ours, theirs = engine.generate(PROMPTS, **kw), RolloutEngine(model, tok).generate(PROMPTS, **kw)
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a.prompt_id, a.index, a.seed, a.temperature, a.finish_reason, a.token_ids, a.text, a.meta) == \
+            (b.prompt_id, b.index, b.seed, b.temperature, b.finish_reason, b.token_ids, b.text, b.meta)
+        assert torch.allclose(torch.tensor(a.token_logprobs), torch.tensor(b.token_logprobs), atol=2e-4)
 
 
 def test_sample_depends_only_on_seed_prompt_and_index(engine):
