@@ -349,7 +349,7 @@ class VLLMRolloutEngine:
         results: list[list[Sample]] = [[] for _ in prompts]
         requests: list[dict] = []
         sampling: list = []
-        slots: list[tuple[int, int, int]] = []  # (prompt, first sample index, prompt length) per request
+        slots: list[tuple[int, int, int]] = []  # (prompt, sample index, prompt length) per request
         for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
             seeds = [sample_seed(seed, p.id, k) for k in range(n)]
             try:
