@@ -47,7 +47,8 @@ PAPER_TEMPERATURE_GRID = temperature_grid()
 
 #: Prompt sources a config may name instead of a file (``data.train: synthetic``), as ``"module:function"``;
 #: the function is ``f(split, n, data_config, start=0) -> list[Prompt]``. Imported only when a run names one.
-PROMPT_SOURCES: dict[str, str] = {"synthetic": "mstar_fast.demo.synthetic:prompt_source"}
+PROMPT_SOURCES: dict[str, str] = {"synthetic": "mstar_fast.demo.synthetic:prompt_source",
+                                  "synthetic_text": "mstar_fast.demo.text_task:text_prompt_source"}
 #: Base policies a config may name instead of a model directory (``model.policy: tiny``), as
 #: ``"module:function"``; the function builds the model into the run directory and returns its path
 #: (:func:`mstar_fast.demo.base_model.prepare_base`). Imported only when a run names one.

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
-import sys
-import types
-
 import pytest
 import torch
 from PIL import Image
@@ -311,49 +306,3 @@ def test_bad_arguments(models, kwargs, match):
         RolloutEngine(model, processor).generate([Prompt(id="a", question="x")], **kwargs)
     with pytest.raises(ValueError, match="backend"):
         RolloutEngine(model, processor, backend="tgi")
-
-
-@pytest.mark.skipif("vllm" in sys.modules or importlib.util.find_spec("vllm") is not None, reason="vllm installed")
-def test_vllm_missing_gives_clear_error():
-    with pytest.raises(ImportError, match="pip install vllm"):
-        RolloutEngine("some/model", None, backend="vllm")
-
-
-def test_vllm_adapter_maps_the_api(monkeypatch, models, images):
-    """The adapter against a stand-in for vllm's documented API (LLM.generate + SamplingParams)."""
-    calls = {}
-
-    class SamplingParams:
-        def __init__(self, **kw):
-            self.__dict__.update(kw)
-
-    class LLM:
-        def __init__(self, model, **kw):
-            calls["init"] = (model, kw)
-
-        def generate(self, requests, params, use_tqdm=True):
-            calls["generate"] = (requests, params)
-            done = types.SimpleNamespace
-            return [done(prompt_token_ids=[1, 2, 3], outputs=[
-                done(index=k, text=f"r{k}", token_ids=[5, k], finish_reason="stop" if k else "length",
-                     stop_reason="##" if k else None) for k in reversed(range(sp.n))]) for sp in params]
-
-    fake = types.ModuleType("vllm")
-    fake.LLM, fake.SamplingParams = LLM, SamplingParams
-    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-    _, processor = models["llava"]
-    eng = RolloutEngine("/models/x", processor, backend="vllm", vllm_kwargs={"dtype": "bfloat16"})
-    assert calls["init"] == ("/models/x", {"dtype": "bfloat16"})
-    prompts = make_prompts("llava", images, k=1) + [Prompt(id="bad", question="q", images=[images[1]])]
-    out = eng.generate(prompts, n=2, temperature=[0.0, 0.7, 1.0], top_k=0, top_p=0.9, stop="##", max_new_tokens=7,
-                       seed=1)
-    requests, params = calls["generate"]
-    assert len(requests) == 2 and "multi_modal_data" in requests[0] and "multi_modal_data" not in requests[1]
-    assert requests[0]["prompt"].startswith("USER: <image>")
-    assert [(p.n, p.temperature, p.top_k, p.top_p, p.max_tokens, p.stop) for p in params] == [
-        (2, 0.0, -1, 0.9, 7, ["##"]), (2, 0.7, -1, 0.9, 7, ["##"])]
-    assert [(s.prompt_id, s.index, s.text, s.finish_reason) for s in out[:4]] == [
-        ("p0", 0, "r0", "length"), ("p0", 1, "r1", "stop"), ("text", 0, "r0", "length"), ("text", 1, "r1", "stop")]
-    assert out[1].meta["stop"] == "##" and out[0].seed == out[1].seed
-    assert [s.finish_reason for s in out[4:]] == ["error", "error"] and "cannot open image" in out[4].meta["error"]
