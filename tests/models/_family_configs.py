@@ -33,7 +33,7 @@ _TARGETS: dict[str, int] = {
     "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16,
     "linear_value_head_dim": 16, "projection_dim": HIDDEN, "vision_output_dim": HIDDEN,
     "projector_hidden_size": HIDDEN, "text_hidden_size": HIDDEN, "out_hidden_size": HIDDEN,
-    "first_k_dense_replace": 1, "num_global_layers": 1,
+    "first_k_dense_replace": 1, "num_global_layers": 1, "hidden_size_per_layer_input": 16,
 }
 TOKEN_KEYS_KEEP = ("pad_token_id", "bos_token_id", "eos_token_id")
 
@@ -166,8 +166,9 @@ def _shrink(cfg: Any, vocab: int, ids: dict[str, int], reserved: dict[str, int],
                 setattr(cfg, key, target)
             except (AttributeError, TypeError):
                 pass
-    if type(getattr(cfg, "vocab_size", None)) is int and cfg.vocab_size > vocab:
-        cfg.vocab_size = vocab
+    for key in ("vocab_size", "vocab_size_per_layer_input"):
+        if type(getattr(cfg, key, None)) is int and getattr(cfg, key) > vocab:
+            setattr(cfg, key, vocab)
     rope = getattr(cfg, "rope_parameters", None)
     if isinstance(rope, dict) and rope.get("mrope_section"):
         hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -196,7 +197,12 @@ def _override(fam: str, cfg: Any) -> None:
         fix(cfg)
 
 
-_OVERRIDES: dict[str, Any] = {}
+def _granite(cfg: Any) -> None:
+    # The default logits_scaling is 1.0 (a no-op); real Granite checkpoints divide by 8 or 16.
+    cfg.logits_scaling = 8.0
+
+
+_OVERRIDES: dict[str, Any] = {"granite": _granite}
 
 # Families the generic shrink leaves too large for the test's time budget (measured on the 2-core CI
 # machine); the reason is what a run would skip them with.
@@ -205,6 +211,7 @@ _TOO_LARGE = {
     "inkling_mm_model": "the generic shrink leaves a 6144-wide text model (over 5 minutes to build)",
     "florence2": "the generic shrink leaves a 90M-parameter DaViT vision tower",
     "janus": "the generic shrink leaves a 74M-parameter VQ image generator",
+    "dots3_note": "the generic shrink leaves a 128M-parameter vision merger",
 }
 
 

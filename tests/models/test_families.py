@@ -29,7 +29,9 @@ from mstar_fast.data.records import Prompt, Sample
 from mstar_fast.models import encode_prompt
 from tests.models._family_configs import STEP_TAG, CannotBuild, Family, build_family, families
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: about 100 families x 5 checks take longer than the main suite's budget on the 2-core CI machine;
+# .ci/run runs this module in its own time-bounded step (the README's test command excludes it).
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 CHECKS = ("rollout_auto", "rollout_padded", "prm", "sft_loss", "sft_step")
 MAX_NEW = 6
@@ -38,7 +40,42 @@ PRM_ATOL = 1e-5
 # (model_type, check or "*") -> why the family is silently wrong on this branch. strict=True: the mark
 # must be removed once the fix lands (the test then passes and strict xfail reports XPASS as a failure).
 FAMFIX = "fixed on branch famfix: "
-KNOWN_WRONG: dict[tuple[str, str], str] = {}
+_SOFTCAP = FAMFIX + "final_logit_softcapping refused by PRMScorer / the SFT loss without naming the family; applied exactly there"
+_SCALE = FAMFIX + "logit_scale ignored by PRMScorer / refused by the SFT loss without naming the family; applied there"
+_GRANITE = FAMFIX + "logits_scaling ignored by PRMScorer and the fused SFT loss (silently wrong)"
+_HYBRID = FAMFIX + "linear-attention cache layers have no batch_repeat_interleave; PRMScorer falls back to per-response forwards"
+_NO_HEAD = ("PRMScorer's 'no LM head' refusal does not name the family (mstar_fast/prm/scorer.py); "
+            "open, not on the famfix list")
+KNOWN_WRONG: dict[tuple[str, str], str] = {
+    **{(f, c): _SOFTCAP for f in ("gemma2", "inkling2", "inkling2_loop", "mistral_large4", "muse_glimmer",
+                                  "muse_spark") for c in ("prm", "sft_loss", "sft_step")},
+    **{(f, c): _SCALE for f in ("aya_vision", "cohere2_vision") for c in ("sft_loss", "sft_step")},
+    **{("cohere2", c): _SCALE for c in ("prm", "sft_loss", "sft_step")},
+    **{(f, c): _GRANITE for f in ("granite", "granite_docling") for c in ("prm", "sft_loss")},
+    ("paligemma", "prm"): FAMFIX + "response tokens get token_type_ids=0 (bidirectional prefix): shared-prefix "
+                          "step scores off a full forward by 1e-3",
+    **{(f, "prm"): _HYBRID for f in ("qwen3_5", "qwen3_5_moe", "lfm3_vl", "minicpm_ocr", "minicpmv4_6",
+                                     "minicpmv4_7")},
+    **{(f, "prm"): _NO_HEAD for f in ("blip", "nemotron_h_omni", "pi0")},
+    # Found by this matrix, beyond the issue's list (open):
+    **{("kosmos-2", c): "open: the rollout prefill raises 'You have to specify either pixel_values or "
+                        "image_embeds' on text-only prompts (error samples) while model.generate runs"
+       for c in ("rollout_auto", "rollout_padded")},
+    **{("kosmos-2.5", c): "open: greedy rollout silently differs from generate (4 of 6 samples, both layouts)"
+       for c in ("rollout_auto", "rollout_padded")},
+    ("kosmos-2.5", "prm"): "open: PRMScorer raises 'view size is not compatible with input tensor's size and stride'",
+    **{("kosmos-2.5", c): "open: the SFT loss takes base_model's output as hidden states, but Kosmos-2.5's base "
+                          "model returns vocabulary logits (401 wide)" for c in ("sft_loss", "sft_step")},
+    **{("mistral4", c): "open: the engine's forward raises a size mismatch (2 vs 4 heads) where generate runs"
+       for c in ("rollout_auto", "rollout_padded")},
+    ("mistral4", "prm"): "open: PRMScorer raises a size mismatch (4 vs 8) where the model's forward runs",
+    ("qwen3_omni_moe_thinker", "prm"): "open: PRMScorer's prefix path reads config.vision_start_token_id, "
+                                       "which Qwen3OmniMoeThinkerConfig lacks",
+    ("unlimited_ocr", "prm"): "open: PRMScorer raises 'Sizes of tensors must match except in dimension 2' where "
+                              "the model's forward runs",
+    **{("t5gemma2", c): "open: an encoder-decoder model is not refused by the SFT engine; its loss raises "
+                        "'You must specify exactly one of input_ids or inputs_embeds'" for c in ("sft_loss", "sft_step")},
+}
 
 FAMILIES = families()
 
@@ -109,7 +146,7 @@ def _run_or_skip(record, what, fn):
     try:
         return fn()
     except Exception as e:  # noqa: BLE001
-        reason = f"{what} fails in transformers on text-only input: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        reason = f"{what} fails (shrunken default config, text-only input): {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         record("skipped", reason)
         pytest.skip(reason)
 
@@ -213,6 +250,16 @@ def _no_grad(fn):
         return fn()
 
 
+def _own_backward(m, batch) -> None:
+    """The model's own loss and backward in train mode (then gradients cleared): can it train on this?"""
+    m.train()
+    try:
+        m(**batch).loss.backward()
+    finally:
+        m.zero_grad(set_to_none=True)
+        m.eval()
+
+
 def _check_sft_step(record, fam, model, tok):
     from mstar_fast.train import SFTConfig, SFTEngine
 
@@ -222,6 +269,8 @@ def _check_sft_step(record, fam, model, tok):
     eng = _construct(record, fam, m, "SFTEngine", lambda: SFTEngine(m, cfg, collator=col))
     if eng is None:
         return
+    _, batch = _sft_batch(m, tok)
+    _run_or_skip(record, "the model's own training step", lambda: _own_backward(m, batch))
     before = {k: v.detach().clone() for k, v in m.named_parameters()}
     report = eng.train_on(_pairs(), steps=1)
     changed = sum(not torch.equal(before[k], v) for k, v in m.named_parameters())
@@ -241,6 +290,7 @@ def test_family(fam: Family, check: str, family_results):
     built, why = _build(fam)
     if built is None:
         record("skipped", why)
+        family_results[fam.model_type]["not_built"] = why
         pytest.skip(f"{fam.model_type}: {why}")
     model, tok = built
     try:
