@@ -21,7 +21,7 @@ COLUMNS = {"rollout_auto": "rollout (auto layout)", "rollout_padded": "rollout (
            "sft_loss": "SFT loss", "sft_step": "SFT step"}
 
 
-def _cell(outcome: dict | None) -> str:
+def _cell(outcome: dict | None, known: str | None) -> str:
     if outcome is None:
         return "not run"
     status, detail = outcome["status"], outcome["detail"].replace("|", "\\|").replace("\n", " ")
@@ -29,11 +29,16 @@ def _cell(outcome: dict | None) -> str:
         return f"exact ({detail})" if detail in ("shared prefix", "padded", "own generate") else "exact"
     if len(detail) > 140:
         detail = detail[:137] + "..."
-    return f"**{status}**: {detail}"
+    cell = f"**{status}**: {detail}"
+    if known and status != "skipped":
+        cell += " (known: fixed on branch famfix)" if known.startswith("fixed on branch famfix") else " (known, open)"
+    return cell
 
 
-def render(results: dict) -> str:
-    """The Markdown of the section (without the markers)."""
+def render(results: dict, known: dict[tuple[str, str], str] | None = None) -> str:
+    """The Markdown of the section (without the markers); ``known`` maps (family, check) to the reason of
+    its strict-xfail mark (``KNOWN_WRONG`` of the test), shown beside a failing outcome."""
+    known = known or {}
     checks = results["checks"]
     fams = results["families"]
     built = {k: v for k, v in fams.items() if "not_built" not in v}
@@ -50,7 +55,7 @@ def render(results: dict) -> str:
         "|---|---|" + "---|" * len(checks),
     ]
     for name, v in built.items():
-        lines.append(f"| {name} | {v['class']} | " + " | ".join(_cell(v[c]) for c in checks) + " |")
+        lines.append(f"| {name} | {v['class']} | " + " | ".join(_cell(v.get(c), known.get((name, c))) for c in checks) + " |")
     if skipped:
         lines += ["", f"Not built offline ({len(skipped)} families; the test skips them with this reason):", ""]
         for name, v in skipped.items():
@@ -62,7 +67,7 @@ def render(results: dict) -> str:
 def _section(text: str) -> tuple[int, int]:
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
-        raise SystemExit(f"README.md has no {BEGIN} ... {END} section")
+        raise SystemExit(f"no {BEGIN} ... {END} section in the README")
     return start + len(BEGIN), end
 
 
@@ -70,21 +75,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="?", type=Path, default=RESULTS, help="family_results.json")
     ap.add_argument("--check", action="store_true", help="exit 1 if README.md is stale instead of rewriting it")
+    ap.add_argument("--readme", type=Path, default=README, help="the Markdown file holding the section")
     args = ap.parse_args(argv)
     if not args.results.is_file():
         print(f"{args.results} not found: run `python -m pytest tests/models/test_families.py` first (a full run "
               "writes it)", file=sys.stderr)
         return 1
-    text = README.read_text()
+    sys.path.insert(0, str(ROOT))
+    from tests.models.test_families import KNOWN_WRONG
+
+    readme: Path = args.readme
+    text = readme.read_text()
     a, b = _section(text)
-    new = text[:a] + "\n" + render(json.loads(args.results.read_text())) + "\n" + text[b:]
+    new = text[:a] + "\n" + render(json.loads(args.results.read_text()), KNOWN_WRONG) + "\n" + text[b:]
     if args.check:
         if new != text:
-            print("README.md family table is stale: run `python tests/models/family_table.py`", file=sys.stderr)
+            print(f"{readme.name} family table is stale: run `python tests/models/family_table.py`", file=sys.stderr)
             return 1
-        print("README.md family table matches", args.results)
+        print(f"{readme.name} family table matches {args.results}")
         return 0
-    README.write_text(new)
+    readme.write_text(new)
     return 0
 
 
