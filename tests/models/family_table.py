@@ -55,7 +55,8 @@ def render(results: dict, known: dict[tuple[str, str], str] | None = None) -> st
         "|---|---|" + "---|" * len(checks),
     ]
     for name, v in built.items():
-        lines.append(f"| {name} | {v['class']} | " + " | ".join(_cell(v.get(c), known.get((name, c))) for c in checks) + " |")
+        cells = " | ".join(_cell(v.get(c), known.get((name, c))) for c in checks)
+        lines.append(f"| {name} | {v['class']} | {cells} |")
     if skipped:
         lines += ["", f"Not built offline ({len(skipped)} families; the test skips them with this reason):", ""]
         for name, v in skipped.items():

@@ -40,10 +40,12 @@ PRM_ATOL = 1e-5
 # (model_type, check or "*") -> why the family is silently wrong on this branch. strict=True: the mark
 # must be removed once the fix lands (the test then passes and strict xfail reports XPASS as a failure).
 FAMFIX = "fixed on branch famfix: "
-_SOFTCAP = FAMFIX + "final_logit_softcapping refused by PRMScorer / the SFT loss without naming the family; applied exactly there"
+_SOFTCAP = FAMFIX + ("final_logit_softcapping refused by PRMScorer / the SFT loss without naming the family; "
+                     "applied exactly there")
 _SCALE = FAMFIX + "logit_scale ignored by PRMScorer / refused by the SFT loss without naming the family; applied there"
 _GRANITE = FAMFIX + "logits_scaling ignored by PRMScorer and the fused SFT loss (silently wrong)"
-_HYBRID = FAMFIX + "linear-attention cache layers have no batch_repeat_interleave; PRMScorer falls back to per-response forwards"
+_HYBRID = FAMFIX + ("linear-attention cache layers have no batch_repeat_interleave; PRMScorer falls back to "
+                    "per-response forwards")
 _NO_HEAD = ("PRMScorer's 'no LM head' refusal does not name the family (mstar_fast/prm/scorer.py); "
             "open, not on the famfix list")
 KNOWN_WRONG: dict[tuple[str, str], str] = {
@@ -74,7 +76,8 @@ KNOWN_WRONG: dict[tuple[str, str], str] = {
     ("unlimited_ocr", "prm"): "open: PRMScorer raises 'Sizes of tensors must match except in dimension 2' where "
                               "the model's forward runs",
     **{("t5gemma2", c): "open: an encoder-decoder model is not refused by the SFT engine; its loss raises "
-                        "'You must specify exactly one of input_ids or inputs_embeds'" for c in ("sft_loss", "sft_step")},
+                        "'You must specify exactly one of input_ids or inputs_embeds'"
+       for c in ("sft_loss", "sft_step")},
 }
 
 FAMILIES = families()
@@ -137,7 +140,8 @@ def _construct(record, fam, model, what, make):
         msg = f"{type(e).__name__}: {e}"
         record("refused", msg)
         low = msg.lower()
-        assert any(n.lower() in low for n in _names(fam, model)), f"{what} refused {fam.model_type} without naming it: {msg}"
+        assert any(n.lower() in low for n in _names(fam, model)), \
+            f"{what} refused {fam.model_type} without naming it: {msg}"
         return None
 
 
@@ -146,7 +150,8 @@ def _run_or_skip(record, what, fn):
     try:
         return fn()
     except Exception as e:  # noqa: BLE001
-        reason = f"{what} fails (shrunken default config, text-only input): {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        reason = f"{what} fails (shrunken default config, text-only input): {type(e).__name__}: {first}"
         record("skipped", reason)
         pytest.skip(reason)
 
@@ -214,7 +219,8 @@ def _check_prm(record, fam, model, tok):
     got_indep = scorer.score(prompt, RESPONSES, share_prefix=False).step_scores
     d_shared, d_indep = _max_diff(got, want), _max_diff(got_indep, want)
     if max(d_shared, d_indep) > PRM_ATOL:
-        record("wrong", f"step scores off a full forward by {d_shared:.3g} (shared prefix), {d_indep:.3g} (per response)")
+        record("wrong", f"step scores off a full forward by {d_shared:.3g} (shared prefix), "
+                        f"{d_indep:.3g} (per response)")
         raise AssertionError(f"{fam.model_type}: PRM step scores differ from a full forward by "
                              f"{d_shared:.3g} (shared) / {d_indep:.3g} (per response)")
     record("exact", f"max |diff| {max(d_shared, d_indep):.1e}")

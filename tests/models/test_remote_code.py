@@ -119,7 +119,8 @@ def write_remote_model(root, kind: str):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=True)
     gen = model.generation_config
-    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id, gen.do_sample = [tok.eos_token_id], tok.pad_token_id, None, False
+    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = [tok.eos_token_id], tok.pad_token_id, None
+    gen.do_sample = False
     if kind == "legacy":
         gen.use_cache = False
     model.save_pretrained(out)
