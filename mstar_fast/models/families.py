@@ -68,6 +68,8 @@ class FamilyCapabilities:
             (PaliGemma's positions are 1-indexed); engines that pass explicit position ids add it.
         prefix_sharing: whether one prompt's KV cache can be repeated over several continuations.
         prefix_sharing_reason: why not, when ``prefix_sharing`` is False.
+        needs_image: prompts without an image are refused (PaliGemma: its prefix-LM mask, token types and
+            positions come from the processor's image tokens; a text-only prompt would run silently wrong).
     """
 
     family: str
@@ -79,6 +81,7 @@ class FamilyCapabilities:
     position_offset: int = 0
     prefix_sharing: bool = True
     prefix_sharing_reason: str | None = None
+    needs_image: bool = False
 
     @property
     def transforms_logits(self) -> bool:
@@ -149,6 +152,27 @@ _REFUSED: dict[str, str] = {
                 "share one causal sequence",
 }
 
+# Families that one engine cannot run exactly (found by tests/models/test_families.py on shrunken configs):
+# refused by that engine only, by name, instead of giving a silently different result or a shape error.
+_REFUSED_BY_ENGINE: dict[str, dict[str, str]] = {
+    "kosmos-2": {"rollout": "its prefill needs pixel_values (a text-only forward raises), and the engine's "
+                            "image path was never checked against its generate"},
+    "kosmos-2.5": {"rollout": "greedy rollout differs from its own generate (4 of 6 samples on a shrunken config)",
+                   "prm": "its forward reshapes the prefix cache in a way the shared-prefix scorer cannot follow",
+                   "sft": "its base model returns vocabulary logits, not hidden states, so there is nothing for "
+                          "the fused loss to project"},
+    "mistral4": {"rollout": "its attention's key and value head counts differ, which the engine's cache "
+                            "handling does not reproduce (a size mismatch where generate runs)",
+                 "prm": "its attention's key and value head counts differ, which the scorer's cache "
+                        "handling does not reproduce (a size mismatch where its forward runs)"},
+    "inkling2": {"prm": "its soft-capped head over a looped decoder gives a size mismatch in the scorer"},
+    "inkling2_loop": {"prm": "its soft-capped head over a looped decoder gives a size mismatch in the scorer"},
+    "qwen3_omni_moe_thinker": {"prm": "its config has no vision_start_token_id, which the scorer's M-RoPE "
+                                      "prefix path needs"},
+    "unlimited_ocr": {"prm": "its forward over a prefix cache gives a size mismatch in the scorer"},
+}
+_NEEDS_IMAGE = frozenset({"paligemma"})
+
 
 def logit_transform(model: Any) -> tuple[float, float | None]:
     """``(scale, softcap)`` with ``model(...).logits == softcap(scale * (hidden @ W.T + b))``.
@@ -212,12 +236,14 @@ _PROMPT_END: dict[str, str] = {"paligemma": "\n"}
 _POSITION_OFFSET: dict[str, int] = {"paligemma": 1}  # its forward and generate count positions from 1
 
 
-def family_capabilities(model: Any, processor: Any = None, *, reads_logits: bool = True) -> FamilyCapabilities:
+def family_capabilities(model: Any, processor: Any = None, *, reads_logits: bool = True,
+                        engine: str | None = None) -> FamilyCapabilities:
     """What ``model`` (a loaded ``transformers`` model; ``processor`` is accepted for families whose needs
     depend on it) needs from the engines.
 
     ``reads_logits=False`` is for callers that use the model's own logits (the rollout engine): the logit
     transform is then neither read nor checked (``logit_scale`` 1.0, ``logit_softcap`` None).
+    ``engine``: ``"rollout"`` | ``"prm"`` | ``"sft"``, the caller, for families only one engine refuses.
 
     Raises:
         UnsupportedFamilyError: the family cannot be run exactly; the message names it and says why.
@@ -227,6 +253,10 @@ def family_capabilities(model: Any, processor: Any = None, *, reads_logits: bool
     if family in _REFUSED:
         raise UnsupportedFamilyError(f"model family {family!r} ({type(model).__name__}) is not supported: "
                                      f"{_REFUSED[family]}")
+    if engine is not None and engine in _REFUSED_BY_ENGINE.get(family, {}):
+        what = {"rollout": "the rollout engine", "prm": "the PRM scorer", "sft": "the SFT loss"}[engine]
+        raise UnsupportedFamilyError(f"model family {family!r} ({type(model).__name__}) is not supported by {what}: "
+                                     f"{_REFUSED_BY_ENGINE[family][engine]}")
     if cfg is None:
         return FamilyCapabilities(family=family)
     scale, cap = logit_transform(model) if reads_logits else (1.0, None)
@@ -236,7 +266,8 @@ def family_capabilities(model: Any, processor: Any = None, *, reads_logits: bool
                               drop_inputs=_DROP_INPUTS.get(family, frozenset()),
                               processor_prompt_end=_PROMPT_END.get(family, ""),
                               position_offset=_POSITION_OFFSET.get(family, 0),
-                              prefix_sharing=sharing, prefix_sharing_reason=reason)
+                              prefix_sharing=sharing, prefix_sharing_reason=reason,
+                              needs_image=family in _NEEDS_IMAGE)
 
 
 # ---------------------------------------------------------------------------------------------- inputs

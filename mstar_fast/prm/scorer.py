@@ -164,7 +164,7 @@ class PRMScorer:
         self.step_separator = step_separator
         self.answer_marker = answer_marker
         self.prompt_format = prompt_format
-        self.capabilities = family_capabilities(model, processor)
+        self.capabilities = family_capabilities(model, processor, engine="prm")
         if share_prefix and not self.capabilities.prefix_sharing:
             log_no_prefix_sharing("PRMScorer", self.capabilities)
             share_prefix = False
@@ -192,7 +192,8 @@ class PRMScorer:
                 raise ValueError(f"PRMScorer: the reward tokens {reward_tokens!r} are the same token (id {good})")
             head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
             if head is None or getattr(head, "weight", None) is None:
-                raise ValueError("PRMScorer: the model has no LM head (get_output_embeddings); pass value_head=")
+                raise ValueError(f"PRMScorer: model family {self.capabilities.family!r} ({type(model).__name__}) has no "
+                                 "LM head (get_output_embeddings); pass value_head=")
             self.reward_token_ids = (good, bad)
             rows = torch.tensor([good, bad], device=head.weight.device)
             weight = head.weight.detach().index_select(0, rows)  # 2 rows, never the [V, H] projection
@@ -274,6 +275,9 @@ class PRMScorer:
 
     def encode_prompt(self, prompt: Prompt) -> dict[str, torch.Tensor]:
         """Model inputs of the shared prefix (batch 1): ``input_ids``, plus ``pixel_values`` etc. for images."""
+        if self.capabilities.needs_image and not prompt.images:
+            raise ValueError(f"PRMScorer: prompt {prompt.id!r} has no image, which model family "
+                             f"{self.capabilities.family!r} needs (its prefix-LM mask comes from the image tokens)")
         text = self.format_prompt(prompt)
         if prompt.images:
             images = [_load_image(im) for im in prompt.images]

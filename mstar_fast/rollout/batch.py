@@ -71,10 +71,6 @@ class RunningBatch:
         # per-row cache, so dropping one at a time would cost more than the few wasted row-steps.
         self.alive = torch.zeros(0, dtype=torch.bool, device=device)
         self.n_dead = 0
-        counts: dict[int, list] = {}
-        for g in self.groups:
-            counts.setdefault(id(g), [g, 0])[1] += 1
-        self.reserved = sum(self.cost(g.prompt_len, g.limit, r) for g, r in counts.values())
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -143,3 +139,9 @@ class RunningBatch:
         for name in ("next_pos", "last", "steps", "seeds", "temperature", "top_k", "top_p", "min_p", "limit", "alive"):
             setattr(self, name, getattr(self, name).index_select(0, idx))
         self.n_dead = 0
+        # The finished rows' room is free again: without this recount the budget only ever grew, so once it
+        # had filled, every later prompt was admitted alone into an otherwise empty batch.
+        counts: dict[int, list] = {}
+        for g in self.groups:
+            counts.setdefault(id(g), [g, 0])[1] += 1
+        self.reserved = sum(self.cost(g.prompt_len, g.limit, r) for g, r in counts.values())

@@ -119,7 +119,7 @@ class RolloutEngine:
         self._input_names = set(params)
         has_cache_arg = self._cache_kw in params
         # The rollout reads the model's own logits, so only the family's inputs and cache matter here.
-        self.capabilities = family_capabilities(model, processor, reads_logits=False)
+        self.capabilities = family_capabilities(model, processor, reads_logits=False, engine="rollout")
         if use_prefix_sharing and not self.capabilities.prefix_sharing:
             raise ValueError(f"RolloutEngine: use_prefix_sharing=True but {self.capabilities.family}: "
                              f"{self.capabilities.prefix_sharing_reason}; use use_prefix_sharing=None or False")

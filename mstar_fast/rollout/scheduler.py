@@ -97,6 +97,9 @@ class Run:
         p, e = self.prompts[i], self.eng
         seeds = [sample_seed(self.seed, p.id, k) for k in range(self.n)]
         try:
+            if e.capabilities.needs_image and not p.images:
+                raise PromptError(f"prompt {p.id!r} has no image, which model family {e.capabilities.family!r} "
+                                  "needs (its prefix-LM mask and positions come from the image tokens)")
             enc = encode_prompt(e.processor, p, **e.format_kwargs)
             plen = int(enc["input_ids"].shape[1])
             if plen >= e.max_model_len:

@@ -115,7 +115,7 @@ class CausalLMLoss(nn.Module):
         self.model = model
         self.chunk_size = chunk_size
         # Raises UnsupportedFamilyError (a ValueError) for a family whose logits cannot be reproduced.
-        self.capabilities = family_capabilities(model)
+        self.capabilities = family_capabilities(model, engine="sft")
         if model.get_output_embeddings() is None:
             raise ValueError(f"CausalLMLoss: {type(model).__name__} has no output embeddings (LM head)")
 

@@ -31,7 +31,7 @@ def _cell(outcome: dict | None, known: str | None) -> str:
         detail = detail[:137] + "..."
     cell = f"**{status}**: {detail}"
     if known and status != "skipped":
-        cell += " (known: fixed on branch famfix)" if known.startswith("fixed on branch famfix") else " (known, open)"
+        cell += " (known, open)"
     return cell
 
 

@@ -21,7 +21,6 @@ Outcomes are collected into ``build/family_results.json`` (see tests/models/conf
 from __future__ import annotations
 
 import copy
-import importlib.util
 
 import pytest
 import torch
@@ -38,64 +37,11 @@ CHECKS = ("rollout_auto", "rollout_padded", "prm", "sft_loss", "sft_step")
 MAX_NEW = 6
 PRM_ATOL = 1e-5
 
-# (model_type, check) -> why the family is wrong or fails on this branch, as a strict xfail: the test must
-# keep failing, and XPASS (a failure under strict=True) says a mark is out of date once a fix lands.
-# Marks whose reason starts with FAMFIX apply only while the famfix branch (its per-family capability
-# module, mstar_fast.models.families) is absent: measured against main with famfix merged, those checks pass.
-FAMFIX = "fixed on branch famfix: "
-FAMFIX_MERGED = importlib.util.find_spec("mstar_fast.models.families") is not None
-_SOFTCAP = FAMFIX + ("final_logit_softcapping refused by PRMScorer / the SFT loss without naming the family; "
-                     "applied exactly there")
-_SCALE = FAMFIX + "logit_scale ignored by PRMScorer / refused by the SFT loss without naming the family; applied there"
-_GRANITE = FAMFIX + "logits_scaling ignored by PRMScorer and the fused SFT loss (silently wrong)"
-_HYBRID = FAMFIX + ("linear-attention cache layers have no batch_repeat_interleave; PRMScorer falls back to "
-                    "per-response forwards")
-_NO_HEAD = ("open: PRMScorer's 'no LM head' refusal does not name the family (mstar_fast/prm/scorer.py); "
-            "not on the famfix list")
-_INKLING_PRM = ("open: PRMScorer refuses final_logit_softcapping without naming the family; with famfix's soft-cap "
-                "support it raises 'Sizes of tensors must match except in dimension 2' instead")
-_KNOWN: dict[tuple[str, str], str] = {
-    **{(f, c): _SOFTCAP for f in ("gemma2", "mistral_large4", "muse_glimmer", "muse_spark")
-       for c in ("prm", "sft_loss", "sft_step")},
-    **{(f, c): _SOFTCAP for f in ("inkling2", "inkling2_loop") for c in ("sft_loss", "sft_step")},
-    **{(f, "prm"): _INKLING_PRM for f in ("inkling2", "inkling2_loop")},
-    **{(f, c): _SCALE for f in ("aya_vision", "cohere2_vision") for c in ("sft_loss", "sft_step")},
-    **{("cohere2", c): _SCALE for c in ("prm", "sft_loss", "sft_step")},
-    **{(f, c): _GRANITE for f in ("granite", "granite_docling") for c in ("prm", "sft_loss")},
-    ("paligemma", "prm"): "open: on text-only prompts (no processor token_type_ids) the shared-prefix step scores "
-                          "are off a full forward by 1e-3, on this branch and with famfix's PaliGemma fixes",
-    **{(f, "prm"): _HYBRID for f in ("qwen3_5", "qwen3_5_moe", "lfm3_vl", "minicpm_ocr", "minicpmv4_6",
-                                     "minicpmv4_7")},
-    **{(f, "prm"): _NO_HEAD for f in ("blip", "nemotron_h_omni", "pi0")},
-    # Found by this matrix, beyond the issue's list:
-    **{("kosmos-2", c): "open: the rollout prefill raises 'You have to specify either pixel_values or "
-                        "image_embeds' on text-only prompts (error samples) while model.generate runs"
-       for c in ("rollout_auto", "rollout_padded")},
-    **{("kosmos-2.5", c): "open: greedy rollout silently differs from generate (4 of 6 samples, both layouts)"
-       for c in ("rollout_auto", "rollout_padded")},
-    ("kosmos-2.5", "prm"): "open: PRMScorer raises 'view size is not compatible with input tensor's size and stride'",
-    **{("kosmos-2.5", c): "open: the SFT loss takes base_model's output as hidden states, but Kosmos-2.5's base "
-                          "model returns vocabulary logits (401 wide)" for c in ("sft_loss", "sft_step")},
-    **{("mistral4", c): "open: the engine's forward raises a size mismatch (2 vs 4 heads) where generate runs"
-       for c in ("rollout_auto", "rollout_padded")},
-    ("mistral4", "prm"): "open: PRMScorer raises a size mismatch (4 vs 8) where the model's forward runs",
-    ("qwen3_omni_moe_thinker", "prm"): "open: PRMScorer's prefix path reads config.vision_start_token_id, "
-                                       "which Qwen3OmniMoeThinkerConfig lacks",
-    ("unlimited_ocr", "prm"): "open: PRMScorer raises 'Sizes of tensors must match except in dimension 2' where "
-                              "the model's forward runs",
-    **{("t5gemma2", c): FAMFIX + "an encoder-decoder model is refused by name (here its loss raises 'You must "
-                                 "specify exactly one of input_ids or inputs_embeds')"
-       for c in ("sft_loss", "sft_step")},
-}
-# Measured on main with famfix merged (not on this branch): PaliGemma's greedy rollout on text-only prompts
-# differs from generate in both layouts (every sample, e.g. [110] * 6 vs [225] * 6).
-_KNOWN_WITH_FAMFIX: dict[tuple[str, str], str] = {
-    ("paligemma", c): "open: with famfix's PaliGemma changes, greedy rollout on text-only prompts differs from "
-                      "generate (both layouts)" for c in ("rollout_auto", "rollout_padded")
-}
-KNOWN_WRONG: dict[tuple[str, str], str] = (
-    {**{k: v for k, v in _KNOWN.items() if not v.startswith(FAMFIX)}, **_KNOWN_WITH_FAMFIX} if FAMFIX_MERGED
-    else _KNOWN)
+# (model_type, check) -> why the family is wrong or fails, as a strict xfail: the test must keep failing, and
+# XPASS (a failure under strict=True) says a mark is out of date once a fix lands. Empty: every family built
+# here is exact, refused by name (at construction, or per prompt with an error naming it), or skipped because
+# the model's own computation fails on the shrunken config.
+KNOWN_WRONG: dict[tuple[str, str], str] = {}
 
 FAMILIES = families()
 
@@ -194,6 +140,10 @@ def _check_rollout(record, fam, model, tok, layout):
     if engine is None:
         return
     out = engine.generate(PROMPTS, n=2, temperature=0.0, max_new_tokens=MAX_NEW)
+    errors = [str(o.meta.get("error", "")) for o in out if o.finish_reason == "error"]
+    if len(errors) == len(out) and all(any(n.lower() in e.lower() for n in _names(fam, model)) for e in errors):
+        record("refused", errors[0])  # refused per prompt (e.g. PaliGemma without an image), by name
+        return
     path = ("shared prefix" if engine.shared_prefix else "padded") if engine.prefix_sharing else "own generate"
     bad = [(p.id, out[2 * i + k].token_ids, ref) for i, (p, ref) in enumerate(zip(PROMPTS, refs)) for k in range(2)
            if out[2 * i + k].token_ids != ref]
@@ -231,6 +181,12 @@ def _check_prm(record, fam, model, tok):
     if scorer is None:
         return
     prompt = PROMPTS[1]
+    try:
+        scorer.encode_prompt(prompt)
+    except ValueError as e:  # refused per prompt (e.g. PaliGemma without an image): must name the family
+        assert any(n.lower() in str(e).lower() for n in _names(fam, model)), str(e)
+        record("refused", f"{type(e).__name__}: {e}")
+        return
     want = _run_or_skip(record, "the model's forward", lambda: _full_forward_scores(model, scorer, prompt))
     got = scorer.score(prompt, RESPONSES).step_scores
     got_indep = scorer.score(prompt, RESPONSES, share_prefix=False).step_scores

@@ -164,6 +164,28 @@ def test_rows_admitted_mid_flight(models, images, shared):
     assert any(s.finish_reason == "stop" for s in packed) and any(s.finish_reason == "length" for s in packed)
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_prefix", "padded"])
+def test_finished_rows_free_the_token_budget(models, monkeypatch, shared):
+    """The KV budget (max_batch_tokens) is recounted when finished rows leave: once the first prompts have
+    finished, the later ones again decode several at a time (it used to only ever grow, so after the first
+    batch every prompt decoded alone)."""
+    from mstar_fast.rollout import scheduler
+
+    model, processor = models["llama"]
+    prompts = [Prompt(id=f"b{i}", question="Count" + "!" * (i % 3)) for i in range(12)]
+    eng = RolloutEngine(model, processor, eos_token_id=[], shared_prefix=shared)
+    plen = max(int(encode_prompt(processor, p)["input_ids"].shape[1]) for p in prompts)
+    eng.max_batch_tokens = 3 * (plen * (1 if shared else 2) + 2 * 8)  # room for three prompts of 2 rows
+    rows: list[int] = []
+    cls = next(c for c in vars(scheduler).values() if isinstance(c, type) and hasattr(c, "_step"))
+    step = cls._step
+    monkeypatch.setattr(cls, "_step", lambda self, batch: (rows.append(len(batch)), step(self, batch))[1])
+    out = eng.generate(prompts, n=2, temperature=1.0, max_new_tokens=8, seed=0)
+    assert len(out) == 24 and all(len(s.token_ids) == 8 for s in out)
+    assert len(rows) <= 4 * 8, f"{len(rows)} decode steps for 12 prompts of 8 tokens, 3 at a time: {rows}"
+    assert max(rows) == 6
+
+
 def test_eos_and_max_new_tokens(models, images):
     model, processor = models["llama"]
     prompts = make_prompts("llama", images, k=2)
