@@ -25,11 +25,11 @@ RESULTS = {
 
 
 def test_render_rows_known_marks_and_skips():
-    text = family_table.render(RESULTS, {("granite", "prm"): "fixed on branch famfix: logits_scaling"})
+    text = family_table.render(RESULTS, {("granite", "prm"): "logits_scaling ignored"})
     lines = text.splitlines()
     assert "| llava | LlavaForConditionalGeneration | exact (shared prefix) | exact |" in lines
     assert ("| granite | GraniteForCausalLM | exact (padded) | **wrong**: step scores off a full forward by 0.05 "
-            "(known: fixed on branch famfix) |") in lines
+            "(known, open) |") in lines
     assert "- gemma3n (Gemma3nForConditionalGeneration): needs timm" in lines
     assert "transformers 9.9.9" in text and not any(line.startswith("| gemma3n") for line in lines)
 
