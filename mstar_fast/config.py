@@ -97,7 +97,8 @@ class ModelConfig:
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
         trust_remote_code: for MiniCPM-V, InternVL2, Phi-3.5-V.
         attn_implementation: passed to ``from_pretrained`` (None: transformers' choice).
-        threads: torch intra-op threads on CPU (0: leave torch's default; `mstar demo` picks the count by a short measurement at start).
+        threads: torch intra-op threads on CPU (0: leave torch's default; ``mstar demo`` picks the count by
+            a short measurement at start).
     """
 
     policy: str = "tiny"
