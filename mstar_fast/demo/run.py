@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mstar_fast.config import RunConfig, apply_overrides, config_from_dict
+from mstar_fast.config import RunConfig, apply_overrides, config_from_dict, load_config
 from mstar_fast.demo.threads import pick_threads
 from mstar_fast.errors import UserError
 from mstar_fast.recipe.loop import run
@@ -140,7 +140,12 @@ def run_demo(quick: bool = False, compare: bool = False, out: str | None = None,
     if run_dir.exists() and not resume and (run_dir / "config.yaml").exists():
         raise UserError(f"{run_dir} already holds a demo run; pass --out NEW_DIR, delete it, or resume it with "
                          f"`mstar run --resume {run_dir}`")
-    _choose_threads(cfg)
+    if resume and (run_dir / "config.yaml").is_file():
+        # The count the run started with (saved in its config): another count would round differently, and a
+        # resumed run must equal an uninterrupted one.
+        cfg.model.threads = load_config(run_dir / "config.yaml", []).model.threads
+    else:
+        _choose_threads(cfg)
     rows = run(cfg, resume=resume)
     final = rows[-1]
     result: dict[str, Any] = {"base_test_acc": final.get("base_test_acc"),

@@ -20,7 +20,9 @@ REQUIRED = ("iteration", "step", "temperature", "val_greedy_acc", "val_pass_at_k
 TIMING = {"elapsed", "seconds_monitor", "seconds_sample", "seconds_score", "seconds_train", "seconds_test"}
 # Sample chunks of 4 prompts: iteration files are written in several appends, so the kill below can land
 # between two of them (a partly written iteration).
-SMALL = ["rollout.chunk_prompts=4"]
+# One thread in every run: the demo otherwise picks its thread count by a measurement at start, and two
+# independent runs on a loaded machine could pick different counts (different rounding, different samples).
+SMALL = ["rollout.chunk_prompts=4", "model.threads=1"]
 
 
 def _env() -> dict[str, str]:
