@@ -91,7 +91,6 @@ def test_demo_quick_end_to_end(quick_run):
     assert stages["prm"]["seconds_data"] > 0 and stages["prm"]["seconds_train"] > 0
     assert "time: sampling" in out and "PRM scoring" in out
     assert "time per stage (seconds, wall)" in out and "| iteration 2 |" in out and "| all |" in out
-    assert "torch threads:" in out  # measured at start
 
 
 def test_kill_and_resume_equals_uninterrupted(quick_run, tmp_path):
