@@ -28,7 +28,7 @@ from mstar_fast.recipe.policy import check_inference_copy_fits, free_memory_byte
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo.yaml"
-TIMING = {"elapsed", "seconds_monitor", "seconds_sample", "seconds_train"}
+TIMING = {"elapsed", "seconds_monitor", "seconds_sample", "seconds_score", "seconds_train", "seconds_test"}
 # Sample chunks of 4 prompts, so the kill can land between two appends of an iteration's sample file; a
 # base model trained long enough that the warm-up and the iterations find correct responses to train on
 # (with the quick budget's 20 steps they find none, and no training call would run under FSDP after the base).
