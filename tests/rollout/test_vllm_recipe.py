@@ -28,6 +28,7 @@ def test_quick_recipe_on_vllm(tmp_path):
     from mstar_fast.rollout import vllm_engine
 
     out = tmp_path / "run"
+    before = set(vllm_engine._SHARED)  # engines other tests of this process started (same pytest run)
     result = run_demo(quick=True, out=str(out), overrides=TEXT_VLLM)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     iterations = int(next(o for o in QUICK if o.startswith("iterate.iterations=")).split("=")[1])
@@ -36,7 +37,7 @@ def test_quick_recipe_on_vllm(tmp_path):
     # Every stage sampled with vLLM: one vLLM engine serves the run (started on the base model) and loads each
     # new policy: the warm-up model (PRM data), the iterations' engine, then the policy after each iteration
     # that trained (its monitor samples from it).
-    (shared,) = vllm_engine._SHARED.values()
+    (shared,) = [v for key, v in vllm_engine._SHARED.items() if key not in before]
     trained = [r for r in rows if r["train_steps"]]
     assert trained, "no iteration trained: the test does not reach a weight update"
     assert shared.reloads >= 2 + len(trained), (shared.reloads, [r["train_steps"] for r in rows])
