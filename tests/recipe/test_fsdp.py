@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 from mstar_fast.demo.run import QUICK
 from mstar_fast.errors import UserError
 from mstar_fast.recipe.policy import check_inference_copy_fits, free_memory_bytes, kv_bytes_per_position
+from tests.recipe.test_torchrun import _free_port, _torchrun_available  # the same gloo check and port
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo.yaml"
@@ -34,23 +34,6 @@ TIMING = {"elapsed", "seconds_monitor", "seconds_sample", "seconds_score", "seco
 # (with the quick budget's 20 steps they find none, and no training call would run under FSDP after the base).
 SMALL = ["rollout.chunk_prompts=4", "model.tiny.base_steps=60", "model.tiny.base_lr=3e-3"]
 GiB = 1 << 30
-
-
-def _gloo_reason() -> str | None:
-    try:
-        import torch.distributed as dist
-        import torch.distributed.run  # noqa: F401
-    except ImportError as e:
-        return f"torch.distributed.run is not importable: {e}"
-    if not dist.is_available() or not dist.is_gloo_available():
-        return "torch.distributed with the gloo backend is not available"
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -156,7 +139,7 @@ def test_refusal_is_a_user_error_on_every_rank(monkeypatch):
 
 # ------------------------------------------------------------------------------ 2 processes, one worker
 def test_inference_copy_follows_the_shards(tmp_path):
-    reason = _gloo_reason()
+    reason = _torchrun_available()
     if reason:
         pytest.skip(reason)
     from mstar_fast.demo.tiny import make_tiny_vlm
@@ -199,7 +182,7 @@ def _run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess, float]]:
-    reason = _gloo_reason()
+    reason = _torchrun_available()
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("fsdp_demo")
