@@ -65,6 +65,8 @@ CASES = {  # name -> (model, number of prompts, with an image)
 }
 IMPLS = ("engine", "generate", "vllm")
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
+#: vLLM's Qwen2-VL imports torchvision, whose PyPI build does not import beside the CPU torch wheel here.
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
 
 def _smoke(config) -> bool:
@@ -217,6 +219,8 @@ def test_rollout(benchmark, built, case, impl, request):
         pytest.skip(f"{name}: the 70M models run in the real benchmark run only (not under --benchmark-disable)")
     if impl == "vllm" and not HAS_VLLM:
         pytest.skip("vllm is not installed")
+    if impl == "vllm" and MODELS[name]["arch"] != "llama" and not HAS_TORCHVISION:
+        pytest.skip("vLLM's Qwen2-VL needs torchvision, which is not installed")
     path, model, processor = built(name)
     prompts = _prompts(k, image)
     run = RUNNERS[impl](path, model, processor, prompts)

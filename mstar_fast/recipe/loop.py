@@ -99,7 +99,9 @@ def self_evolve(cfg: RunConfig, ctx: RunContext, data: RunData, warm_path: str, 
                                   max_batch_tokens=cfg.rollout.max_batch_tokens)
     rollout = ctx.models.rollout_engine(policy.model, processor)
     t = cfg.temperature
-    controller = TemperatureController(t.grid, initial=t.initial, adapt_every=t.adapt_every, criterion=t.criterion)
+    # No grid after the last iteration: no iteration would sample at the T it chooses.
+    controller = TemperatureController(t.grid, initial=t.initial, adapt_every=t.adapt_every, criterion=t.criterion,
+                                       last_iteration=it.iterations)
     size, special = chunk_size(len(data.train), it.interval), special_token_ids(processor)
     tokens = mon.max_new_tokens or cfg.rollout.max_new_tokens
     start, cursor, unl_cursor = 0, 0, 0

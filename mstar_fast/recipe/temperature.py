@@ -92,20 +92,27 @@ class TemperatureController:
         initial: T until the first adaptation (> 0; need not lie on the grid).
         adapt_every: adapt after every ``adapt_every``-th finished iteration (int >= 1).
         criterion: ``"reward_pass_at_2"`` (M-STaR), ``"pass_at_k"`` or ``"static"`` (never adapt).
+        last_iteration: the run's last iteration, after which no T is chosen (no iteration would sample at
+            it, so its grid would be validation sampling thrown away); None: no last iteration.
 
     Raises:
         ValueError: an empty grid, a non-positive / non-finite / repeated grid value, a non-positive
-            ``initial``, ``adapt_every`` < 1 or not an int, or an unknown criterion.
+            ``initial``, ``adapt_every`` < 1 or not an int, ``last_iteration`` < 0 or not an int, or an unknown
+            criterion.
     """
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID, initial: float = 1.0, adapt_every: int = 2,
-                 criterion: str = "reward_pass_at_2") -> None:
+                 criterion: str = "reward_pass_at_2", last_iteration: int | None = None) -> None:
         if criterion not in _CRITERIA:
             raise ValueError(f"TemperatureController: criterion must be one of {criteria()}, got {criterion!r}")
         if isinstance(adapt_every, bool) or not isinstance(adapt_every, int) or adapt_every < 1:
             raise ValueError(f"TemperatureController: adapt_every must be an int >= 1, got {adapt_every!r}")
         if not _is_real(initial) or initial <= 0:
             raise ValueError(f"TemperatureController: initial must be a finite temperature > 0, got {initial!r}")
+        if last_iteration is not None and (isinstance(last_iteration, bool) or not isinstance(last_iteration, int)
+                                           or last_iteration < 0):
+            raise ValueError(f"TemperatureController: last_iteration must be an int >= 0 or None, got "
+                             f"{last_iteration!r}")
         grid = list(grid)
         if not grid:
             raise ValueError("TemperatureController: grid is empty")
@@ -121,6 +128,7 @@ class TemperatureController:
         self.initial = float(initial)
         self.adapt_every = adapt_every
         self.criterion = criterion
+        self.last_iteration = last_iteration
         self._temperature = self.initial
         #: one entry per adaptation: {"iteration", "previous", "temperature", "values": {str(T): metric}}
         self.history: list[dict[str, Any]] = []
@@ -139,8 +147,10 @@ class TemperatureController:
 
     def should_adapt(self, iteration: int) -> bool:
         """True when T is re-chosen after finished iteration ``iteration`` (1-based): every
-        ``adapt_every``-th one; never for iteration 0 or the static criterion."""
+        ``adapt_every``-th one; never for iteration 0, the ``last_iteration`` or the static criterion."""
         self._check_iteration(iteration)
+        if self.last_iteration is not None and iteration >= self.last_iteration:
+            return False
         return _CRITERIA[self.criterion] is not _static and iteration >= 1 and iteration % self.adapt_every == 0
 
     def grid_to_sample(self, iteration: int) -> list[float]:

@@ -43,6 +43,18 @@ def test_adapt_every_three_and_iteration_zero():
     assert c.update(3, peaked(0.4)) == 0.4
 
 
+def test_no_grid_after_the_last_iteration():
+    # Nothing samples at a T chosen after the last iteration, so its validation grid is not sampled.
+    c = TemperatureController(adapt_every=2, last_iteration=8)
+    assert [it for it in range(0, 9) if c.should_adapt(it)] == [2, 4, 6]
+    assert c.grid_to_sample(8) == [1.0]
+    assert c.update(8, peaked(0.4)) == 1.0 and c.history == []
+    assert TemperatureController(adapt_every=2).should_adapt(8)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="last_iteration"):
+            TemperatureController(last_iteration=bad)
+
+
 def test_ties_go_to_closest_then_lower():
     c = TemperatureController(adapt_every=1, initial=1.0)
     flat = {t: 0.5 for t in DEFAULT_GRID}
