@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mstar_fast.data.records import Sample
 from mstar_fast.train import IGNORE_INDEX, SFTCollator, SFTConfig, SFTEngine, eos_token_id_for
 from mstar_fast.train.data import collate, plan_steps, rank_micro_batches
 from mstar_fast.train.optim import WarmupSchedule
@@ -67,6 +68,35 @@ def test_max_length_truncates_response_and_drops_long_prompts(tiny_dirs):
     cut = SFTCollator(proc, max_length=P + 3).encode(p, s)
     assert len(cut) == P + 3 and int((cut.labels != IGNORE_INDEX).sum()) == 3
     assert SFTCollator(proc, max_length=P).encode(p, s) is None
+
+
+def test_prompt_encodings_are_cached_per_prompt(tiny_dirs, monkeypatch):
+    """A prompt is run through the processor once for all its responses; an edited prompt, a new prompt
+    object or a full cache is encoded again, and every example equals the uncached one."""
+    import mstar_fast.train.data as data_mod
+
+    model, proc = load(tiny_dirs("qwen2_vl"))
+    calls = []
+    real = data_mod.encode_prompt
+    monkeypatch.setattr(data_mod, "encode_prompt", lambda *a, **k: calls.append(a[1].id) or real(*a, **k))
+    (p, s), (p2, s2) = qa_pairs(2, images=[IMG])
+    s_b = Sample(prompt_id=p.id, index=1, text="Step 1: guess.\n\n# Answer\n\n3")
+    col, plain = SFTCollator(proc), SFTCollator(proc, prompt_cache_mb=0)
+    for pair in [(p, s), (p, s_b), (p, s), (p2, s2)]:
+        a, b = col.encode(*pair), plain.encode(*pair)
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+        assert a.extras.keys() == b.extras.keys() and all(torch.equal(a.extras[k], b.extras[k]) for k in a.extras)
+    assert calls.count(p.id) == 1 + 3 and calls.count(p2.id) == 1 + 1  # cached: once each; plain: every time
+    calls.clear()
+    p.question = "What is 1 + 2?"  # edited in place: encoded again, with the new text
+    edited = col.encode(p, s)
+    assert calls == [p.id] and torch.equal(edited.input_ids, plain.encode(p, s).input_ids)
+    tiny = SFTCollator(proc, prompt_cache_mb=1e-4)  # ~100 bytes: smaller than one prompt, nothing is kept
+    calls.clear()
+    tiny.encode(p, s), tiny.encode(p, s)
+    assert len(calls) == 2 and tiny._prompts.bytes == 0
+    with pytest.raises(ValueError, match="prompt_cache_mb"):
+        SFTCollator(proc, prompt_cache_mb=-1)
 
 
 def test_loss_equals_transformers_loss(tiny_dirs):
