@@ -73,6 +73,9 @@ class RolloutEngine:
             tokens (once with ``shared_prefix``, else once per row) plus max new tokens per row. A prompt
             is admitted when its rows fit (always when the batch is empty).
         max_batch_rows: at most this many live rows (samples) at once.
+        max_prefill_tokens: prompts of equal token length admitted together are prefilled in one forward
+            (vision encoder included) of at most this many tokens, instead of one forward each; 0: one
+            prompt per forward. Used once the model's cache is known to merge (after the first prefill).
         max_model_len: context length; default the model config's ``max_position_embeddings``. A prompt
             that fills it gets an error sample; generation stops (``"length"``) when it is reached.
         eos_token_id: id(s) that end a sample; default the model's generation config, else the tokenizer's.
@@ -96,7 +99,7 @@ class RolloutEngine:
         return super().__new__(cls)
 
     def __init__(self, model: Any, processor: Any, backend: str = "hf", *, max_batch_tokens: int = 65536,
-                 max_batch_rows: int = 256, max_model_len: int | None = None,
+                 max_batch_rows: int = 256, max_prefill_tokens: int = 8192, max_model_len: int | None = None,
                  eos_token_id: int | Sequence[int] | None = None, use_prefix_sharing: bool | None = None,
                  shared_prefix: bool | None = None,
                  progress: bool | None = None, instruction: str | None = None, include_choices: bool = False,
@@ -104,9 +107,12 @@ class RolloutEngine:
         if max_batch_tokens < 1 or max_batch_rows < 1:
             raise ValueError(f"RolloutEngine: max_batch_tokens ({max_batch_tokens}) and max_batch_rows "
                              f"({max_batch_rows}) must be >= 1")
+        if isinstance(max_prefill_tokens, bool) or not isinstance(max_prefill_tokens, int) or max_prefill_tokens < 0:
+            raise ValueError(f"RolloutEngine: max_prefill_tokens must be an int >= 0, got {max_prefill_tokens!r}")
         self.model, self.processor = model, processor
         self.tokenizer = get_tokenizer(processor)
         self.max_batch_tokens, self.max_batch_rows = max_batch_tokens, max_batch_rows
+        self.max_prefill_tokens = max_prefill_tokens
         self.max_model_len = max_model_len or _context_length(model) or 1 << 30
         self.eos_ids = _eos_ids(model, self.tokenizer, eos_token_id)
         self.progress = progress

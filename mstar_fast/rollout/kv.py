@@ -10,6 +10,7 @@ prompt per batch instead.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any
 
@@ -153,6 +154,21 @@ def expand_rows(cache: Any, n: int) -> None:
 def select_rows(cache: Any, keep: torch.Tensor) -> None:
     """In place: keep the rows ``keep`` (``[R']`` int64 indices) of every layer."""
     cache.batch_select_indices(keep)
+
+
+def split_rows(cache: Any, n: int) -> list[Any]:
+    """A ``[n, H, L, D]`` cache (every layer passes :func:`supports_merge`) as ``n`` one-row caches whose
+    layers are views of its rows (no copy)."""
+    out = []
+    for i in range(n):
+        c = copy.copy(cache)
+        c.layers = []
+        for layer in cache.layers:
+            la = copy.copy(layer)
+            la.keys, la.values = layer.keys[i : i + 1], layer.values[i : i + 1]
+            c.layers.append(la)
+        out.append(c)
+    return out
 
 
 def stack_left_padded(parts: list[tuple[Any, int]], room: int) -> tuple[Any, list[int]]:

@@ -30,6 +30,24 @@ from mstar_fast.rollout.stopping import StopChecker, truncate_at_stop
 log = logging.getLogger("mstar_fast.rollout.engine")
 
 
+def _stack_encodings(encs: list[dict]) -> dict | None:
+    """Processor outputs of prompts of one token length ``P`` as one batch: per-token tensors ``[1, P, ...]``
+    and the others (``pixel_values``, ``image_grid_thw``, ...) concatenated along dim 0, as processors batch
+    them. None when they differ in keys, hold non-tensors, or differ in a dimension past the first."""
+    keys = list(encs[0])
+    if any(list(e) != keys for e in encs) or "input_ids" not in keys:
+        return None
+    out = {}
+    for k in keys:
+        vals = [e[k] for e in encs]
+        if not all(isinstance(v, torch.Tensor) and v.dim() >= 1 for v in vals):
+            return None
+        if any(v.shape[1:] != vals[0].shape[1:] or v.dtype != vals[0].dtype for v in vals):
+            return None
+        out[k] = torch.cat(vals)
+    return out
+
+
 class Run:
     """State of one ``generate`` call: the queue of prompts, the running batch, the results."""
 
@@ -61,6 +79,7 @@ class Run:
             if staged is not None or queue:
                 batch.compact()  # free the finished rows' room for waiting prompts
             rows, reserved = len(batch), batch.reserved
+            pending: list[tuple[Group, dict]] = []  # admitted, prefilled together below
             while staged is not None or queue:  # admit prompts while they fit
                 if staged is None:
                     staged = self._stage(queue.popleft())
@@ -71,14 +90,22 @@ class Run:
                     self._run_fallback(*staged)
                     staged = None
                     continue
-                if (rows or entries) and not self._fits(batch, rows, reserved, g):
+                if (rows or entries or pending) and not self._fits(batch, rows, reserved, g):
                     break
+                if self.eng.mergeable and self.eng.max_prefill_tokens:
+                    # The cache is known to merge: prefill this prompt with the others of its length.
+                    pending.append(staged)
+                    rows += g.rows
+                    reserved += batch.cost(g.prompt_len, g.limit, g.rows)
+                    staged = None
+                    continue
                 entry = self._prefill_group(*staged, alone=not (rows or entries))
                 staged = None
                 if entry is not None:
                     entries.append(entry)
                     rows += len(entry[4])
                     reserved += batch.cost(g.prompt_len, g.limit, len(entry[4]))
+            entries += self._prefill_pending(pending)
             batch.add(entries)
             if not len(batch) or batch.n_dead == len(batch):
                 batch.compact()
@@ -142,6 +169,54 @@ class Run:
         next_pos = int(enc["input_ids"].shape[1]) + delta + e.capabilities.position_offset  # PaliGemma: from 1
         return kv.output_cache(out), out.logits[:, -1], next_pos
 
+    def _prefill_many(self, items: list[tuple[Group, dict]]) -> list[tuple[Any, torch.Tensor, int]] | None:
+        """One forward over several prompts of the same token length (no padding, so every row's keys,
+        values and last logits are those of its own prefill). Returns ``_prefill``'s triple per prompt, or
+        None when their processor outputs do not stack or the batched forward fails (the caller then
+        prefills them one by one, so a bad prompt fails alone)."""
+        e = self.eng
+        inputs = _stack_encodings([enc for _, enc in items])
+        if inputs is None:
+            return None
+        for m in e._rope_holders:
+            m.rope_deltas = None
+        try:
+            out = e.model(**self._inputs(inputs), use_cache=True, **e._extra_kw)
+        except Exception as err:  # noqa: BLE001 - e.g. one prompt's image features do not match its tokens
+            log.debug("rollout: batched prefill of %d prompts failed (%s); prefilling them one by one", len(items), err)
+            return None
+        cache, n = kv.output_cache(out), len(items)
+        if cache is None or not kv.supports_merge(cache):
+            return None
+        deltas = [0] * n
+        for m in e._rope_holders:  # M-RoPE: each prompt's own position offset
+            if isinstance(m.rope_deltas, torch.Tensor):
+                d = m.rope_deltas.reshape(-1).tolist()
+                deltas = d if len(d) == n else [d[0]] * n
+                break
+        plen, offset = items[0][0].prompt_len, e.capabilities.position_offset
+        logits = out.logits[:, -1]
+        return [(c, logits[i : i + 1], plen + int(deltas[i]) + offset) for i, c in enumerate(kv.split_rows(cache, n))]
+
+    def _prefill_pending(self, pending: list[tuple[Group, dict]]) -> list[Entry]:
+        """Prefill the admitted prompts, those of equal token length together (``max_prefill_tokens`` per
+        forward), and draw their first tokens."""
+        by_len: dict[int, list[tuple[Group, dict]]] = {}
+        for item in pending:
+            by_len.setdefault(item[0].prompt_len, []).append(item)
+        entries: list[Entry] = []
+        for plen, items in by_len.items():
+            step = max(1, self.eng.max_prefill_tokens // plen)
+            for a in range(0, len(items), step):
+                chunk = items[a : a + step]
+                done = self._prefill_many(chunk) if len(chunk) > 1 else None
+                if done is None:
+                    found = [self._prefill_group(g, enc, alone=False) for g, enc in chunk]
+                else:
+                    found = [self._first_tokens(g, *res) for (g, _), res in zip(chunk, done, strict=True)]
+                entries += [en for en in found if en is not None]
+        return entries
+
     def _prefill_group(self, g: Group, enc: dict, alone: bool) -> Entry | None:
         """Prefill one prompt and draw its first tokens. Returns the rows still running as a batch entry,
         or None (all rows finished at once, per-prompt error, or the model fell back to ``generate``)."""
@@ -161,6 +236,11 @@ class Run:
             e.prefix_sharing = False
             self._run_fallback(g, enc)
             return None
+        return self._first_tokens(g, cache, logits, next_pos)
+
+    def _first_tokens(self, g: Group, cache: Any, logits: torch.Tensor, next_pos: int) -> Entry | None:
+        """Draw the first token of each of ``g``'s rows from its prefill's last logits ``[1, V]``; the rows
+        still running become a batch entry (None when all finished at once)."""
         rows, p = g.rows, g.params
         logits = self._suppress(logits)
         first, first_lp = sample_from_logits(logits.expand(rows, -1), temperature=p.temperature, top_k=p.top_k,

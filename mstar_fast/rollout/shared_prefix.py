@@ -194,6 +194,14 @@ def _grow(buf: torch.Tensor, used: int, need: int) -> torch.Tensor:
     return new
 
 
+def _select_filled(buf: torch.Tensor, idx: torch.Tensor, lead: int, used: int) -> torch.Tensor:
+    """Rows ``idx`` of a suffix buffer ``[R, H, cap, D]`` without its first ``lead`` columns, same room
+    after; only the ``used`` columns written so far are copied."""
+    out = buf.new_empty(idx.numel(), buf.shape[1], buf.shape[2] - lead, buf.shape[3])
+    torch.index_select(buf[:, :, lead:used], 0, idx, out=out[:, :, : used - lead])
+    return out
+
+
 def _stack_padded(ts: list[torch.Tensor], length: int) -> torch.Tensor:
     """Stack ``[b_i, H, L_i, D]`` along dim 0, right-padded with zeros to ``length``."""
     out = ts[0].new_zeros(sum(t.shape[0] for t in ts), ts[0].shape[1], length, ts[0].shape[3])
@@ -241,8 +249,12 @@ class SharedPrefixStore:
             layer.pk, layer.pv = _stack_padded(old_k + new_k, pmax), _stack_padded(old_v + new_v, pmax)
             ref = new_k[0]
             cap = slen + room
-            sk = ref.new_zeros(n_old + rows_new, ref.shape[1], cap, ref.shape[3])
-            sv = new_v[0].new_zeros(n_old + rows_new, ref.shape[1], cap, new_v[0].shape[3])
+            # Columns past slen are written before they are read; the new rows' first slen columns are
+            # masked, but must be finite (a masked score is s + -inf, NaN if s is), hence zeros there.
+            sk = ref.new_empty(n_old + rows_new, ref.shape[1], cap, ref.shape[3])
+            sv = new_v[0].new_empty(n_old + rows_new, ref.shape[1], cap, new_v[0].shape[3])
+            sk[n_old:, :, :slen] = 0
+            sv[n_old:, :, :slen] = 0
             if n_old:
                 sk[:n_old, :, :slen] = layer.sk[:, :, :slen]
                 sv[:n_old, :, :slen] = layer.sv[:, :, :slen]
@@ -273,8 +285,8 @@ class SharedPrefixStore:
         for layer in self.cache.layers:
             layer.pk = layer.pk.index_select(0, keep)[:, :, :pmax]
             layer.pv = layer.pv.index_select(0, keep)[:, :, :pmax]
-            layer.sk = layer.sk.index_select(0, idx)[:, :, lead:]
-            layer.sv = layer.sv.index_select(0, idx)[:, :, lead:]
+            layer.sk = _select_filled(layer.sk, idx, lead, layer.slen)
+            layer.sv = _select_filled(layer.sv, idx, lead, layer.slen)
             layer.slen -= lead
             layer._views()
         lay.refresh()

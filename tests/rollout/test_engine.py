@@ -85,6 +85,50 @@ def test_greedy_equals_generate(models, images, arch, shared):
         assert out[2 * i + 1].token_ids == ref
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prompts_of_one_length_prefill_together(models, images, arch):
+    """Prompts of equal token length are prefilled in one forward (the vision encoder too), and sample
+    exactly what one forward per prompt samples; when the batched forward fails, they are prefilled one by
+    one, so only a bad prompt fails."""
+    model, processor = models[arch]
+    imgs = images[0]
+    # One question, different images (and ids, hence seeds): the same token length.
+    prompts = [Prompt(id=f"e{i}", question="What is in the figure?", images=[] if arch == "llama" else [imgs[i]])
+               for i in range(4)]
+    assert len({int(encode_prompt(processor, p)["input_ids"].shape[1]) for p in prompts}) == 1
+    forwards = []
+    handle = model.register_forward_hook(lambda m, a, kw, out: forwards.append(kw["input_ids"].shape),
+                                         with_kwargs=True)
+    try:
+        kw = dict(n=3, temperature=1.0, max_new_tokens=6, seed=3)
+        one = RolloutEngine(model, processor, max_prefill_tokens=0).generate(prompts, **kw)
+        eng = RolloutEngine(model, processor)
+        eng.generate(prompts[:1], **kw)  # the first prefill runs alone: it tells whether caches merge
+        forwards.clear()
+        together = eng.generate(prompts, **kw)
+    finally:
+        handle.remove()
+    assert texts(together) == texts(one)
+    flat = lambda out: [lp for s in out for lp in s.token_logprobs]  # noqa: E731
+    assert flat(together) == pytest.approx(flat(one), abs=1e-5)
+    prefills = [shape for shape in forwards if shape[1] > 1]
+    assert [shape[0] for shape in prefills] == [4], prefills
+    forward, raised = model.forward, []
+
+    def fails_batched(*a, **k):
+        if k["input_ids"].shape[0] > 1 and k["input_ids"].shape[1] > 1:
+            raised.append(1)
+            raise ValueError("image features and image tokens do not match")
+        return forward(*a, **k)
+
+    model.forward = fails_batched
+    try:
+        assert texts(eng.generate(prompts, **kw)) == texts(one)
+    finally:
+        del model.forward
+    assert raised == [1]
+
+
 @pytest.mark.parametrize("arch", ["qwen2_vl", "llava", "idefics3"])
 def test_vision_encoder_runs_once_per_prompt(models, images, arch):
     model, processor = models[arch]
