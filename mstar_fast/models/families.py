@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "extend_token_inputs",
     "family_capabilities",
     "logit_transform",
+    "stack_encodings",
 ]
 
 
@@ -281,6 +282,24 @@ def cast_floating_inputs(inputs: Mapping[str, Any], dtype: torch.dtype,
         if isinstance(v, torch.Tensor):
             v = v.to(device=device, dtype=dtype if v.is_floating_point() else None)
         out[k] = v
+    return out
+
+
+def stack_encodings(encs: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor] | None:
+    """Processor outputs of prompts of one token length ``P`` as one batch: per-token tensors ``[1, P, ...]``
+    and the others (``pixel_values``, ``image_grid_thw``, ...) concatenated along dim 0, as processors batch
+    them. None when they differ in keys, hold non-tensors, or differ in a dimension past the first."""
+    keys = list(encs[0])
+    if any(list(e) != keys for e in encs) or "input_ids" not in keys:
+        return None
+    out = {}
+    for k in keys:
+        vals = [e[k] for e in encs]
+        if not all(isinstance(v, torch.Tensor) and v.dim() >= 1 for v in vals):
+            return None
+        if any(v.shape[1:] != vals[0].shape[1:] or v.dtype != vals[0].dtype for v in vals):
+            return None
+        out[k] = torch.cat(vals)
     return out
 
 

@@ -34,10 +34,16 @@ from mstar_fast.models.families import (
     extend_token_inputs,
     family_capabilities,
     log_no_prefix_sharing,
+    stack_encodings,
 )
+from mstar_fast.rollout import kv
 
 # Contexts in which the step tag must stay one token (checked at construction).
 _TAG_PROBES = ("1 + 1 = 2.", "Step 1: x", "so the answer is 5", "\\frac{1}{2}", "B", "angle ABC")
+
+
+class _NotGatherable(ValueError):
+    """The prefix cache of several prompts cannot be split into rows (only plain full-attention layers can)."""
 
 
 @dataclass
@@ -172,6 +178,7 @@ class PRMScorer:
         if max_batch_tokens < 1:
             raise ValueError(f"PRMScorer: max_batch_tokens must be >= 1, got {max_batch_tokens}")
         self.max_batch_tokens = max_batch_tokens
+        self._gather_rows = True  # several prompts per forward (off once a cache's rows cannot be gathered)
         self.prompts: dict[str, Prompt] = self._prompt_map(prompts) if prompts is not None else {}
 
         self.tag_id = self._check_step_tag(step_tag, step_separator)
@@ -353,13 +360,14 @@ class PRMScorer:
         for m in self._rope_holders:
             m.rope_deltas = None
 
-    def _rope_delta(self) -> int:
-        """Offset of text positions after the prefix forward: M-RoPE packs an image's tokens into fewer
-        positions, so the first continuation token sits at ``P + delta``, not ``P``."""
+    def _rope_deltas(self, n: int) -> list[int]:
+        """Offset of text positions after the prefix forward, per prefix row (``n`` rows): M-RoPE packs an
+        image's tokens into fewer positions, so the first continuation token sits at ``P + delta``, not ``P``."""
         for m in self._rope_holders:
             if isinstance(m.rope_deltas, torch.Tensor):
-                return int(m.rope_deltas.reshape(-1)[0])
-        return 0
+                d = [int(v) for v in m.rope_deltas.reshape(-1).tolist()]
+                return d if len(d) == n else [d[0]] * n
+        return [0] * n
 
     def _batches(self, lengths: list[int], prefix_len: int) -> list[list[int]]:
         """Response indices, longest first, in batches of at most ``max_batch_tokens`` padded tokens."""
@@ -377,18 +385,23 @@ class PRMScorer:
 
     @torch.no_grad()
     def _tag_hidden_shared(
-        self, prefix: dict[str, torch.Tensor], encoded: list[tuple[list[int], list[int]]]
+        self, prefix: dict[str, torch.Tensor], encoded: list[tuple[list[int], list[int]]],
+        owner: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden rows [N, H], tag row indices [S] in response order) with one prefix forward."""
+        """(hidden rows [N, H], tag row indices [S] in response order) with one prefix forward. ``prefix``
+        may hold G prompts of one length (``[G, P]``); ``owner[i]`` is then the prefix row of response i."""
         self._reset_rope_deltas()
         out = self._forward(**prefix, use_cache=True)
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         if cache is None:
             raise ValueError("PRMScorer: the model returned no KV cache; use share_prefix=False")
-        P = prefix["input_ids"].shape[1]
+        G, P = prefix["input_ids"].shape
+        if G > 1 and not kv.supports_merge(cache):
+            raise _NotGatherable(f"PRMScorer: rows of {type(cache).__name__} cannot be gathered")
         # Explicit positions: with a cache, some models (M-RoPE) cannot derive them from the mask of a
         # continuation batch; PaliGemma counts them from 1.
-        start = P + self._rope_delta() + self.capabilities.position_offset
+        starts = [P + d + self.capabilities.position_offset for d in self._rope_deltas(G)]
+        owner = owner if owner is not None else [0] * len(encoded)
         per_token = self._per_token(prefix)  # continued over the response as the family needs
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         chunks, positions_of = [], {}
@@ -399,14 +412,19 @@ class PRMScorer:
             for r, i in enumerate(batch):  # right padding: pads come after every real token
                 ids[r, : len(encoded[i][0])] = torch.tensor(encoded[i][0], device=self.device)
                 positions_of[i] = [base + r * L + t for t in encoded[i][1]]
-            batch_cache = copy.deepcopy(cache)
-            batch_cache.batch_repeat_interleave(len(batch))
+            rows = torch.tensor([owner[i] for i in batch], dtype=torch.long, device=self.device)
+            if G == 1:
+                batch_cache = copy.deepcopy(cache)
+                batch_cache.batch_repeat_interleave(len(batch))
+            else:
+                batch_cache = kv.gather_rows(cache, rows)
             extra = {}
             for k, v in per_token.items():
-                tail = extend_token_inputs(k, v, L, self.capabilities)[:, P:]  # [1, L, ...]
-                extra[k] = tail.expand(len(batch), *tail.shape[1:])
+                tail = extend_token_inputs(k, v, L, self.capabilities)[:, P:]  # [G, L, ...]
+                extra[k] = tail.expand(len(batch), *tail.shape[1:]) if G == 1 else tail.index_select(0, rows)
             mask = torch.ones((len(batch), P + L), dtype=torch.long, device=self.device)
-            pos = (start + torch.arange(L, device=self.device)).expand(len(batch), L)
+            first = torch.tensor(starts, dtype=torch.long, device=self.device).index_select(0, rows)
+            pos = first[:, None] + torch.arange(L, device=self.device)
             o = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                               **{self._cache_kwarg: batch_cache}, **extra)
             h = o.last_hidden_state
@@ -455,15 +473,65 @@ class PRMScorer:
         prefix = {k: v.to(self.device) for k, v in self.encode_prompt(prompt).items()}
         run = self._tag_hidden_shared if share else self._tag_hidden_independent
         hidden, positions = run(prefix, [encoded[i] for i in live])
-        step = self._step_scores(hidden, positions)
-        offsets = torch.tensor([0] + counts, dtype=torch.long).cumsum(0).to(step.device)
-        per_response = ops.segment_reduce(step, offsets, "min")
-        flat = step.cpu().tolist()
-        bounds = offsets.cpu().tolist()
-        return PRMScores(
-            step_scores=[flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
-            scores=per_response.cpu().tolist(),
-        )
+        return self._collect(self._step_scores(hidden, positions), [counts])[0]
+
+    @staticmethod
+    def _collect(step: torch.Tensor, counts: list[list[int]]) -> list[PRMScores]:
+        """Split step scores ``[S]`` (all responses of several prompts, in order) into one
+        :class:`PRMScores` per prompt; ``counts[j]`` holds the step count of each response of prompt j."""
+        flat_counts = [c for cs in counts for c in cs]
+        offsets = torch.tensor([0] + flat_counts, dtype=torch.long).cumsum(0).to(step.device)
+        per_response = ops.segment_reduce(step, offsets, "min").cpu().tolist()  # NaN for no step
+        flat, bounds = step.cpu().tolist(), offsets.cpu().tolist()
+        out, r = [], 0
+        for cs in counts:
+            out.append(PRMScores(step_scores=[flat[bounds[r + i]: bounds[r + i + 1]] for i in range(len(cs))],
+                                 scores=per_response[r: r + len(cs)]))
+            r += len(cs)
+        return out
+
+    def _score_many(self, items: list[tuple[Prompt, list[str]]]) -> list[PRMScores]:
+        """:meth:`score` of several prompts; prompts whose encodings have one length share prefix and
+        response forwards (about ``max_batch_tokens / 4`` prompt tokens per prefix forward): one forward
+        per prompt cost more than the tiny model's arithmetic on the demo (measured: PRM scoring 9 s of a
+        60 s iteration). Each prompt's scores equal its own :meth:`score` up to rounding."""
+        if not (self.share_prefix and self.capabilities.prefix_sharing and self._gather_rows) or len(items) < 2:
+            return [self.score(p, r) for p, r in items]
+        out: list[PRMScores | None] = [None] * len(items)
+        by_len: dict[int, list[tuple[int, dict[str, torch.Tensor], list[tuple[list[int], list[int]]]]]] = {}
+        for j, (prompt, responses) in enumerate(items):
+            encoded = [self.encode_response(r) for r in responses]
+            if not any(tags for _, tags in encoded):
+                out[j] = self.score(prompt, responses)  # nothing to run
+                continue
+            prefix = self.encode_prompt(prompt)
+            by_len.setdefault(int(prefix["input_ids"].shape[1]), []).append((j, prefix, encoded))
+        for P, group in by_len.items():
+            size = max(1, (self.max_batch_tokens // 4) // P)
+            for a in range(0, len(group), size):
+                chunk = group[a: a + size]
+                stacked = stack_encodings([pre for _, pre, _ in chunk]) if len(chunk) > 1 else None
+                if stacked is None:
+                    for j, _, _ in chunk:
+                        out[j] = self.score(*items[j])
+                    continue
+                flat, owner = [], []
+                for g, (_, _, encoded) in enumerate(chunk):
+                    live = [e for e in encoded if e[1]]
+                    flat += live
+                    owner += [g] * len(live)
+                prefix = {k: v.to(self.device) for k, v in stacked.items()}
+                try:
+                    hidden, positions = self._tag_hidden_shared(prefix, flat, owner)
+                except _NotGatherable:  # e.g. sliding-window cache layers: one prompt at a time from now on
+                    self._gather_rows = False
+                    for j, _, _ in chunk:
+                        out[j] = self.score(*items[j])
+                    continue
+                counts = [[len(tags) for _, tags in encoded] for _, _, encoded in chunk]
+                for (j, _, _), res in zip(chunk, self._collect(self._step_scores(hidden, positions), counts)):
+                    out[j] = res
+        return [r for r in out if r is not None]
 
     def __call__(
         self, samples: Sequence[Sample], prompts: Sequence[Prompt] | Mapping[str, Prompt] | None = None
@@ -484,6 +552,7 @@ class PRMScorer:
         for i, s in enumerate(samples):
             groups.setdefault(s.prompt_id, []).append(i)
         scores = [math.nan] * len(samples)
+        items = []
         for pid, idx in groups.items():
             prompt = lookup.get(pid)
             if prompt is None:
@@ -493,7 +562,8 @@ class PRMScorer:
                 raise ValueError(
                     f"PRMScorer: no Prompt for prompt_id {pid!r}; pass prompts=[...] to the call or the constructor"
                 )
-            result = self.score(prompt, [samples[i].text for i in idx])
+            items.append((prompt, [samples[i].text for i in idx]))
+        for idx, result in zip(groups.values(), self._score_many(items), strict=True):
             for j, i in enumerate(idx):
                 samples[i].step_scores = result.step_scores[j]
                 samples[i].score = result.scores[j]

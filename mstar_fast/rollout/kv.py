@@ -171,6 +171,18 @@ def split_rows(cache: Any, n: int) -> list[Any]:
     return out
 
 
+def gather_rows(cache: Any, rows: torch.Tensor) -> Any:
+    """A new cache holding rows ``rows`` ([R] int64, repeats allowed) of ``cache`` (every layer passes
+    :func:`supports_merge`); ``cache`` itself is left unchanged."""
+    out = copy.copy(cache)
+    out.layers = []
+    for layer in cache.layers:
+        la = copy.copy(layer)
+        la.keys, la.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
+        out.layers.append(la)
+    return out
+
+
 def stack_left_padded(parts: list[tuple[Any, int]], room: int) -> tuple[Any, list[int]]:
     """Stack caches along the batch, each left-padded with zeros to the longest, into :class:`GrowableLayer`
     layers with space for ``room`` more positions (one copy of everything, whatever the number of parts).

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mstar_fast.data.records import Prompt, Sample
-from mstar_fast.models.families import cast_floating_inputs
+from mstar_fast.models.families import cast_floating_inputs, stack_encodings
 from mstar_fast.models.prompting import PromptError, encode_prompt
 from mstar_fast.ops import sample_from_logits
 from mstar_fast.ops.sample_from_logits import raise_for_status
@@ -28,24 +28,6 @@ from mstar_fast.rollout.seeds import sample_seed
 from mstar_fast.rollout.stopping import StopChecker, truncate_at_stop
 
 log = logging.getLogger("mstar_fast.rollout.engine")
-
-
-def _stack_encodings(encs: list[dict]) -> dict | None:
-    """Processor outputs of prompts of one token length ``P`` as one batch: per-token tensors ``[1, P, ...]``
-    and the others (``pixel_values``, ``image_grid_thw``, ...) concatenated along dim 0, as processors batch
-    them. None when they differ in keys, hold non-tensors, or differ in a dimension past the first."""
-    keys = list(encs[0])
-    if any(list(e) != keys for e in encs) or "input_ids" not in keys:
-        return None
-    out = {}
-    for k in keys:
-        vals = [e[k] for e in encs]
-        if not all(isinstance(v, torch.Tensor) and v.dim() >= 1 for v in vals):
-            return None
-        if any(v.shape[1:] != vals[0].shape[1:] or v.dtype != vals[0].dtype for v in vals):
-            return None
-        out[k] = torch.cat(vals)
-    return out
 
 
 class Run:
@@ -175,7 +157,7 @@ class Run:
         None when their processor outputs do not stack or the batched forward fails (the caller then
         prefills them one by one, so a bad prompt fails alone)."""
         e = self.eng
-        inputs = _stack_encodings([enc for _, enc in items])
+        inputs = stack_encodings([enc for _, enc in items])
         if inputs is None:
             return None
         for m in e._rope_holders:

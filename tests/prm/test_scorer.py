@@ -232,3 +232,43 @@ def test_shared_prefix_on_mrope_qwen2_vl(tmp_path):
         shared = scorer.score(prompt, RESPONSES)
         independent = scorer.score(prompt, RESPONSES, share_prefix=False)
         _assert_scores_close(shared.step_scores, independent.step_scores)
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_prompts_of_one_length_score_together(tmp_path, arch):
+    """The callable scores prompts of equal length with one prefix forward and shared response forwards
+    (M-RoPE: each prompt's own position offset); every score equals the prompt's own ``score``, and a
+    prompt of another length or one without steps is scored alone."""
+    from mstar_fast.demo.tiny import make_tiny_vlm
+    from mstar_fast.models import load_policy
+    from mstar_fast.prm.train import add_step_tag_token
+
+    if arch == "llava":
+        model, processor = tiny_llava_prm(seed=0)
+    else:
+        model, processor = load_policy(make_tiny_vlm("qwen2_vl", tmp_path, vocab_size=400, hidden_size=32,
+                                                     image_size=32, num_layers=1))
+        add_step_tag_token(model, processor, "ки")
+    size = (32, 32) if arch == "qwen2_vl" else None
+    img = (lambda s: tiny_image(s, size)) if size else tiny_image
+    prompts = [Prompt(id=f"s{i}", question="Which bar is tallest?", images=[img(i)]) for i in range(4)]
+    prompts.append(Prompt(id="long", question="Which bar is tallest? Look closely at the picture.", images=[img(9)]))
+    prompts.append(Prompt(id="none", question="Which bar is tallest?", images=[img(8)]))
+    texts = {p.id: [RESPONSES[(i + k) % 6] for k in range(3)] for i, p in enumerate(prompts)}
+    texts["none"] = [""]
+    samples = [Sample(prompt_id=p.id, index=k, text=t) for p in prompts for k, t in enumerate(texts[p.id])]
+    scorer = PRMScorer(model, processor, reward_tokens=("a", "b") if arch == "qwen2_vl" else ("+", "-"))
+    calls = []
+    handle = scorer.backbone.register_forward_hook(
+        lambda m, a, kw, out: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        scores = scorer(samples, prompts=prompts)
+    finally:
+        handle.remove()
+    P = scorer.encode_prompt(prompts[0])["input_ids"].shape[1]
+    assert (4, P) in calls  # the four equal-length prompts: one prefix forward
+    want = [s for p in prompts for s in scorer.score(p, texts[p.id]).scores]
+    torch.testing.assert_close(torch.tensor(scores), torch.tensor(want), equal_nan=True, atol=2e-5, rtol=0)
+    for s in samples[:12]:
+        own = scorer.score(prompts[int(s.prompt_id[1])], [s.text]).step_scores[0]
+        assert s.step_scores == pytest.approx(own, abs=2e-5)
