@@ -21,6 +21,7 @@ own ``generate`` (:mod:`mstar_fast.rollout.fallback`).
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,8 @@ from mstar_fast.rollout.params import check_generate_args, resolve_params
 from mstar_fast.rollout.scheduler import Run
 from mstar_fast.rollout.stopping import normalize_stop
 from mstar_fast.rollout.vllm_engine import VLLMRolloutEngine
+
+log = logging.getLogger("mstar_fast.rollout.engine")
 
 BACKENDS = ROLLOUT_BACKENDS
 
@@ -75,7 +78,9 @@ class RolloutEngine:
         max_batch_rows: at most this many live rows (samples) at once.
         max_prefill_tokens: prompts of equal token length admitted together are prefilled in one forward
             (vision encoder included) of at most this many tokens, instead of one forward each; 0: one
-            prompt per forward. Used once the model's cache is known to merge (after the first prefill).
+            prompt per forward. Decided once, by a probe prefill at the first ``generate`` (the cache must
+            merge), so batching depends only on each call's prompts: a resumed run samples exactly what an
+            uninterrupted one did.
         max_model_len: context length; default the model config's ``max_position_embeddings``. A prompt
             that fills it gets an error sample; generation stops (``"length"``) when it is reached.
         eos_token_id: id(s) that end a sample; default the model's generation config, else the tokenizer's.
@@ -136,6 +141,7 @@ class RolloutEngine:
         self.format_kwargs = {"instruction": instruction, "include_choices": include_choices, "template": template,
                               "processor_prompt_end": self.capabilities.processor_prompt_end}
         self.mergeable: bool | None = None  # can rows of several prompts share a cache? (known after a prefill)
+        self.batch_prefill: bool | None = None if max_prefill_tokens else False  # decided at the first generate
         self.shared_prefix = shared_prefix
         self._shared_checked = shared_prefix is False
         # Token ids never sampled (e.g. image placeholders, which a trainer would mistake for image slots);
@@ -175,6 +181,8 @@ class RolloutEngine:
         stop = normalize_stop(stop)
         if self.prefix_sharing and not self._shared_checked:
             self._check_shared_prefix()
+        if self.batch_prefill is None:
+            self._check_batch_prefill()
         run = Run(self, prompts, n, params, max_new_tokens, stop, int(seed))
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling, even when called between training steps
@@ -184,6 +192,24 @@ class RolloutEngine:
         finally:
             self.model.train(was_training)
         return [s for group in run.results for s in group]
+
+    def _check_batch_prefill(self) -> None:
+        """Decide once whether prompts of one length may share a prefill: the model must return a cache whose
+        layers merge (plain full-attention layers; a two-token text probe). Decided before any prompt runs,
+        so no call's batching depends on what earlier calls did."""
+        ok = False
+        if self.prefix_sharing:
+            ids = torch.tensor([list(self.tokenizer.encode("The answer", add_special_tokens=False))[:2] or [0, 1]],
+                               device=self.device)
+            try:
+                with torch.inference_mode():
+                    for m in self._rope_holders:
+                        m.rope_deltas = None
+                    cache = kv.output_cache(self.model(input_ids=ids, use_cache=True, **self._extra_kw))
+                ok = cache is not None and kv.supports_merge(cache)
+            except Exception as e:  # noqa: BLE001 - e.g. a family that needs an image: one prompt per prefill
+                log.info("rollout: one prompt per prefill for %s (probe: %s)", type(self.model).__name__, e)
+        self.batch_prefill = ok
 
     def _check_shared_prefix(self) -> None:
         """Decide once whether decode steps can use shared-prefix attention (probe on a short text)."""

@@ -74,8 +74,8 @@ class Run:
                     continue
                 if (rows or entries or pending) and not self._fits(batch, rows, reserved, g):
                     break
-                if self.eng.mergeable and self.eng.max_prefill_tokens:
-                    # The cache is known to merge: prefill this prompt with the others of its length.
+                if self.eng.batch_prefill:
+                    # The cache merges (engine probe): prefill this prompt with the others of its length.
                     pending.append(staged)
                     rows += g.rows
                     reserved += batch.cost(g.prompt_len, g.limit, g.rows)

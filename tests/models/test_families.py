@@ -73,7 +73,10 @@ def _build(fam: Family):
     return _Built.value, None
 
 
-PROMPTS = [Prompt(id=f"p{i}", question="What is 2 + 2?" + " Explain." * i) for i in range(3)]
+# Different lengths (rows of different prompts padded or shared), and two of the first one's length (the engine
+# prefills those three in one forward where the cache merges).
+PROMPTS = [Prompt(id=f"p{i}", question="What is 2 + 2?" + " Explain." * i) for i in range(3)] + [
+    Prompt(id=f"e{d}", question=f"What is {d} + {d}?") for d in (3, 5)]
 RESPONSES = [
     "First add: 2 + 2 = 4.\n\nSo the sum is 4.\n\n# Answer\n\n4",
     "x = 5",
@@ -190,13 +193,18 @@ def _check_prm(record, fam, model, tok):
     want = _run_or_skip(record, "the model's forward", lambda: _full_forward_scores(model, scorer, prompt))
     got = scorer.score(prompt, RESPONSES).step_scores
     got_indep = scorer.score(prompt, RESPONSES, share_prefix=False).step_scores
+    # The callable over several prompts (equal-length ones share forwards) against each prompt's own score.
+    samples = [Sample(prompt_id=p.id, index=k, text=t) for p in PROMPTS for k, t in enumerate(RESPONSES)]
+    scorer(samples, prompts=PROMPTS)
+    own = [st for p in PROMPTS for st in scorer.score(p, RESPONSES).step_scores]
     d_shared, d_indep = _max_diff(got, want), _max_diff(got_indep, want)
-    if max(d_shared, d_indep) > PRM_ATOL:
+    d_many = _max_diff([s.step_scores for s in samples], own)
+    if max(d_shared, d_indep, d_many) > PRM_ATOL:
         record("wrong", f"step scores off a full forward by {d_shared:.3g} (shared prefix), "
-                        f"{d_indep:.3g} (per response)")
+                        f"{d_indep:.3g} (per response); several prompts per call off their own by {d_many:.3g}")
         raise AssertionError(f"{fam.model_type}: PRM step scores differ from a full forward by "
-                             f"{d_shared:.3g} (shared) / {d_indep:.3g} (per response)")
-    record("exact", f"max |diff| {max(d_shared, d_indep):.1e}")
+                             f"{d_shared:.3g} (shared) / {d_indep:.3g} (per response) / {d_many:.3g} (several prompts)")
+    record("exact", f"max |diff| {max(d_shared, d_indep, d_many):.1e}")
 
 
 def _sft_batch(model, tok):

@@ -95,7 +95,8 @@ def test_prompts_of_one_length_prefill_together(models, images, arch):
     # One question, different images (and ids, hence seeds): the same token length.
     prompts = [Prompt(id=f"e{i}", question="What is in the figure?", images=[] if arch == "llama" else [imgs[i]])
                for i in range(4)]
-    assert len({int(encode_prompt(processor, p)["input_ids"].shape[1]) for p in prompts}) == 1
+    lengths = {int(encode_prompt(processor, p)["input_ids"].shape[1]) for p in prompts}
+    assert len(lengths) == 1
     forwards = []
     handle = model.register_forward_hook(lambda m, a, kw, out: forwards.append(kw["input_ids"].shape),
                                          with_kwargs=True)
@@ -103,16 +104,19 @@ def test_prompts_of_one_length_prefill_together(models, images, arch):
         kw = dict(n=3, temperature=1.0, max_new_tokens=6, seed=3)
         one = RolloutEngine(model, processor, max_prefill_tokens=0).generate(prompts, **kw)
         eng = RolloutEngine(model, processor)
-        eng.generate(prompts[:1], **kw)  # the first prefill runs alone: it tells whether caches merge
         forwards.clear()
-        together = eng.generate(prompts, **kw)
+        together = eng.generate(prompts, **kw)  # a fresh engine: its probe decides before any prompt runs
     finally:
         handle.remove()
     assert texts(together) == texts(one)
     flat = lambda out: [lp for s in out for lp in s.token_logprobs]  # noqa: E731
     assert flat(together) == pytest.approx(flat(one), abs=1e-5)
-    prefills = [shape for shape in forwards if shape[1] > 1]
+    prefills = [shape for shape in forwards if shape[1] in lengths]
     assert [shape[0] for shape in prefills] == [4], prefills
+    # The same call on another fresh engine batches the same way, whatever ran before (resume == uninterrupted).
+    again = RolloutEngine(model, processor)
+    again.generate(prompts[2:], **kw)
+    assert texts(again.generate(prompts, **kw)) == texts(together)
     forward, raised = model.forward, []
 
     def fails_batched(*a, **k):
