@@ -179,14 +179,14 @@ class RolloutEngine:
         check_generate_args(n, max_new_tokens)
         params = resolve_params(len(prompts), temperature, top_p, top_k, min_p)
         stop = normalize_stop(stop)
-        if self.prefix_sharing and not self._shared_checked:
-            self._check_shared_prefix()
-        if self.batch_prefill is None:
-            self._check_batch_prefill()
-        run = Run(self, prompts, n, params, max_new_tokens, stop, int(seed))
         was_training = self.model.training
-        self.model.eval()  # no dropout while sampling, even when called between training steps
+        self.model.eval()  # no dropout while sampling (or probing), even when called between training steps
         try:
+            if self.prefix_sharing and not self._shared_checked:
+                self._check_shared_prefix()
+            if self.batch_prefill is None:
+                self._check_batch_prefill()
+            run = Run(self, prompts, n, params, max_new_tokens, stop, int(seed))
             with torch.inference_mode(), run.progress_bar():
                 run.execute()
         finally:
