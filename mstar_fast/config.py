@@ -64,7 +64,7 @@ def _paper_grid() -> list[float]:
 @dataclass
 class TinyModelConfig:
     """The tiny random-weight VLM the embedded demo builds (``model.policy: tiny``), see
-    :func:`mstar_fast.models.make_tiny_vlm`, and the short SFT on gold reasoning that makes it a weak
+    :func:`mstar_fast.demo.tiny.make_tiny_vlm`, and the short SFT on gold reasoning that makes it a weak
     base model (standing in for a pre-trained VLM)."""
 
     arch: str = "qwen2_vl"

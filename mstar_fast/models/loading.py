@@ -80,7 +80,7 @@ def load_policy(
     """Load ``(model, processor)`` from ``path``, model in eval mode on ``device``.
 
     Args:
-        path: local model directory (e.g. from :func:`mstar_fast.models.make_tiny_vlm`) or hub id.
+        path: local model directory (e.g. from :func:`mstar_fast.demo.tiny.make_tiny_vlm`) or hub id.
         dtype: weight dtype (``torch.bfloat16``, ``"bf16"``, ``"auto"`` for the saved one, ...).
         device: where to put the model.
         trust_remote_code: allow model code shipped with the checkpoint (MiniCPM-V, InternVL2, Phi-3.5-V).
