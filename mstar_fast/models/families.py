@@ -44,6 +44,7 @@ __all__ = [
     "extend_token_inputs",
     "family_capabilities",
     "logit_transform",
+    "rope_deltas",
     "stack_encodings",
 ]
 
@@ -283,6 +284,17 @@ def cast_floating_inputs(inputs: Mapping[str, Any], dtype: torch.dtype,
             v = v.to(device=device, dtype=dtype if v.is_floating_point() else None)
         out[k] = v
     return out
+
+
+def rope_deltas(holders: Sequence[Any], n: int) -> list[int]:
+    """After a prefill of ``n`` prompt rows, each row's M-RoPE position offset from the modules that hold
+    ``rope_deltas`` (Qwen2-VL family: an image's tokens take fewer positions, so the next token sits at
+    ``P + delta``); zeros when no module holds one."""
+    for m in holders:
+        if isinstance(m.rope_deltas, torch.Tensor):
+            d = [int(v) for v in m.rope_deltas.reshape(-1).tolist()]
+            return d if len(d) == n else [d[0]] * n
+    return [0] * n
 
 
 def stack_encodings(encs: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor] | None:

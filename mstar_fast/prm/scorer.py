@@ -34,6 +34,7 @@ from mstar_fast.models.families import (
     extend_token_inputs,
     family_capabilities,
     log_no_prefix_sharing,
+    rope_deltas,
     stack_encodings,
 )
 from mstar_fast.rollout import kv
@@ -360,15 +361,6 @@ class PRMScorer:
         for m in self._rope_holders:
             m.rope_deltas = None
 
-    def _rope_deltas(self, n: int) -> list[int]:
-        """Offset of text positions after the prefix forward, per prefix row (``n`` rows): M-RoPE packs an
-        image's tokens into fewer positions, so the first continuation token sits at ``P + delta``, not ``P``."""
-        for m in self._rope_holders:
-            if isinstance(m.rope_deltas, torch.Tensor):
-                d = [int(v) for v in m.rope_deltas.reshape(-1).tolist()]
-                return d if len(d) == n else [d[0]] * n
-        return [0] * n
-
     def _batches(self, lengths: list[int], prefix_len: int) -> list[list[int]]:
         """Response indices, longest first, in batches of at most ``max_batch_tokens`` padded tokens."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -400,7 +392,7 @@ class PRMScorer:
             raise _NotGatherable(f"PRMScorer: rows of {type(cache).__name__} cannot be gathered")
         # Explicit positions: with a cache, some models (M-RoPE) cannot derive them from the mask of a
         # continuation batch; PaliGemma counts them from 1.
-        starts = [P + d + self.capabilities.position_offset for d in self._rope_deltas(G)]
+        starts = [P + d + self.capabilities.position_offset for d in rope_deltas(self._rope_holders, G)]
         owner = owner if owner is not None else [0] * len(encoded)
         per_token = self._per_token(prefix)  # continued over the response as the family needs
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -466,13 +458,17 @@ class PRMScorer:
         share = self.share_prefix if share_prefix is None else share_prefix
         share = share and self.capabilities.prefix_sharing  # e.g. linear-attention caches: never shared
         encoded = [self.encode_response(r) for r in responses]
-        counts = [len(tags) for _, tags in encoded]
-        if sum(counts) == 0:
+        if not any(tags for _, tags in encoded):
             return PRMScores([[] for _ in responses], [math.nan] * len(responses))
-        live = [i for i, c in enumerate(counts) if c > 0]
-        prefix = {k: v.to(self.device) for k, v in self.encode_prompt(prompt).items()}
+        return self._score_encoded(self.encode_prompt(prompt), encoded, share)
+
+    def _score_encoded(self, prefix: dict[str, torch.Tensor], encoded: list[tuple[list[int], list[int]]],
+                       share: bool) -> PRMScores:
+        """:meth:`score` of one prompt's encoding ``prefix`` and its encoded responses (some with a step)."""
+        counts = [len(tags) for _, tags in encoded]
+        prefix = {k: v.to(self.device) for k, v in prefix.items()}
         run = self._tag_hidden_shared if share else self._tag_hidden_independent
-        hidden, positions = run(prefix, [encoded[i] for i in live])
+        hidden, positions = run(prefix, [e for e, c in zip(encoded, counts) if c > 0])
         return self._collect(self._step_scores(hidden, positions), [counts])[0]
 
     @staticmethod
@@ -510,28 +506,31 @@ class PRMScorer:
             size = max(1, (self.max_batch_tokens // 4) // P)
             for a in range(0, len(group), size):
                 chunk = group[a: a + size]
-                stacked = stack_encodings([pre for _, pre, _ in chunk]) if len(chunk) > 1 else None
-                if stacked is None:
-                    for j, _, _ in chunk:
-                        out[j] = self.score(*items[j])
-                    continue
-                flat, owner = [], []
-                for g, (_, _, encoded) in enumerate(chunk):
-                    live = [e for e in encoded if e[1]]
-                    flat += live
-                    owner += [g] * len(live)
-                prefix = {k: v.to(self.device) for k, v in stacked.items()}
-                try:
-                    hidden, positions = self._tag_hidden_shared(prefix, flat, owner)
-                except _NotGatherable:  # e.g. sliding-window cache layers: one prompt at a time from now on
-                    self._gather_rows = False
-                    for j, _, _ in chunk:
-                        out[j] = self.score(*items[j])
-                    continue
-                counts = [[len(tags) for _, tags in encoded] for _, _, encoded in chunk]
-                for (j, _, _), res in zip(chunk, self._collect(self._step_scores(hidden, positions), counts)):
-                    out[j] = res
+                results = self._score_stacked(chunk) if len(chunk) > 1 and self._gather_rows else None
+                for n, (j, prefix, encoded) in enumerate(chunk):
+                    out[j] = results[n] if results is not None else self._score_encoded(prefix, encoded, True)
         return [r for r in out if r is not None]
+
+    def _score_stacked(self, chunk: list[tuple[int, dict[str, torch.Tensor], list[tuple[list[int], list[int]]]]]
+                       ) -> list[PRMScores] | None:
+        """Scores of ``(index, prompt encoding, encoded responses)`` items of one prompt length, from one prefix
+        forward; None when their encodings do not stack or the cache's rows cannot be gathered."""
+        stacked = stack_encodings([pre for _, pre, _ in chunk])
+        if stacked is None:
+            return None
+        flat, owner = [], []
+        for g, (_, _, encoded) in enumerate(chunk):
+            live = [e for e in encoded if e[1]]
+            flat += live
+            owner += [g] * len(live)
+        prefix = {k: v.to(self.device) for k, v in stacked.items()}
+        try:
+            hidden, positions = self._tag_hidden_shared(prefix, flat, owner)
+        except _NotGatherable:  # e.g. sliding-window cache layers: one prompt at a time from now on
+            self._gather_rows = False
+            return None
+        counts = [[len(tags) for _, tags in encoded] for _, _, encoded in chunk]
+        return self._collect(self._step_scores(hidden, positions), counts)
 
     def __call__(
         self, samples: Sequence[Sample], prompts: Sequence[Prompt] | Mapping[str, Prompt] | None = None

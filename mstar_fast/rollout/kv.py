@@ -156,31 +156,26 @@ def select_rows(cache: Any, keep: torch.Tensor) -> None:
     cache.batch_select_indices(keep)
 
 
-def split_rows(cache: Any, n: int) -> list[Any]:
-    """A ``[n, H, L, D]`` cache (every layer passes :func:`supports_merge`) as ``n`` one-row caches whose
-    layers are views of its rows (no copy)."""
-    out = []
-    for i in range(n):
-        c = copy.copy(cache)
-        c.layers = []
-        for layer in cache.layers:
-            la = copy.copy(layer)
-            la.keys, la.values = layer.keys[i : i + 1], layer.values[i : i + 1]
-            c.layers.append(la)
-        out.append(c)
-    return out
-
-
-def gather_rows(cache: Any, rows: torch.Tensor) -> Any:
-    """A new cache holding rows ``rows`` ([R] int64, repeats allowed) of ``cache`` (every layer passes
-    :func:`supports_merge`); ``cache`` itself is left unchanged."""
+def _map_rows(cache: Any, take: Any) -> Any:
+    """A new cache object whose layers hold ``take(tensor)`` of each layer's keys and values (``cache`` is
+    left unchanged; every layer must pass :func:`supports_merge`)."""
     out = copy.copy(cache)
     out.layers = []
     for layer in cache.layers:
         la = copy.copy(layer)
-        la.keys, la.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
+        la.keys, la.values = take(layer.keys), take(layer.values)
         out.layers.append(la)
     return out
+
+
+def split_rows(cache: Any, n: int) -> list[Any]:
+    """A ``[n, H, L, D]`` cache as ``n`` one-row caches whose layers are views of its rows (no copy)."""
+    return [_map_rows(cache, lambda t, i=i: t[i : i + 1]) for i in range(n)]
+
+
+def gather_rows(cache: Any, rows: torch.Tensor) -> Any:
+    """A new cache holding rows ``rows`` ([R] int64, repeats allowed) of ``cache``; ``cache`` is unchanged."""
+    return _map_rows(cache, lambda t: t.index_select(0, rows))
 
 
 def stack_left_padded(parts: list[tuple[Any, int]], room: int) -> tuple[Any, list[int]]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mstar_fast.data.records import Prompt, Sample
-from mstar_fast.models.families import cast_floating_inputs, stack_encodings
+from mstar_fast.models.families import cast_floating_inputs, rope_deltas, stack_encodings
 from mstar_fast.models.prompting import PromptError, encode_prompt
 from mstar_fast.ops import sample_from_logits
 from mstar_fast.ops.sample_from_logits import raise_for_status
@@ -143,11 +143,7 @@ class Run:
         for m in e._rope_holders:
             m.rope_deltas = None  # else a stale offset from the previous prompt leaks into this one
         out = e.model(**self._inputs(enc), use_cache=True, **e._extra_kw)
-        delta = 0
-        for m in e._rope_holders:
-            if isinstance(m.rope_deltas, torch.Tensor):
-                delta = int(m.rope_deltas.reshape(-1)[0])
-                break
+        delta = rope_deltas(e._rope_holders, 1)[0]
         next_pos = int(enc["input_ids"].shape[1]) + delta + e.capabilities.position_offset  # PaliGemma: from 1
         return kv.output_cache(out), out.logits[:, -1], next_pos
 
@@ -170,15 +166,10 @@ class Run:
         cache, n = kv.output_cache(out), len(items)
         if cache is None or not kv.supports_merge(cache):
             return None
-        deltas = [0] * n
-        for m in e._rope_holders:  # M-RoPE: each prompt's own position offset
-            if isinstance(m.rope_deltas, torch.Tensor):
-                d = m.rope_deltas.reshape(-1).tolist()
-                deltas = d if len(d) == n else [d[0]] * n
-                break
+        deltas = rope_deltas(e._rope_holders, n)  # M-RoPE: each prompt's own position offset
         plen, offset = items[0][0].prompt_len, e.capabilities.position_offset
         logits = out.logits[:, -1]
-        return [(c, logits[i : i + 1], plen + int(deltas[i]) + offset) for i, c in enumerate(kv.split_rows(cache, n))]
+        return [(c, logits[i : i + 1], plen + deltas[i] + offset) for i, c in enumerate(kv.split_rows(cache, n))]
 
     def _prefill_pending(self, pending: list[tuple[Group, dict]]) -> list[Entry]:
         """Prefill the admitted prompts, those of equal token length together (``max_prefill_tokens`` per
