@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 from mstar_fast.demo.run import QUICK
 from mstar_fast.errors import UserError
 from mstar_fast.recipe.policy import check_inference_copy_fits, free_memory_bytes, kv_bytes_per_position
+from tests.recipe.test_loop import kill_when_written
 from tests.recipe.test_torchrun import _free_port, _torchrun_available  # the same gloo check and port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -237,18 +237,7 @@ def test_fsdp_kill_and_resume_equals_uninterrupted(demo_runs, tmp_path):
     proc = subprocess.Popen(_recipe(run_dir, "fsdp"), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     target = run_dir / "samples" / "iter-002.jsonl"  # iteration 1 is checkpointed, iteration 2 sampling
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if target.exists() and target.stat().st_size > 0:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before the kill point"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when_written(proc, target, timeout=600, group=True)
     assert (run_dir / "checkpoints" / "iter-001" / "sharded").is_dir()
     assert not (run_dir / "checkpoints" / "iter-002").exists()
     res = _run(_torchrun("-m", "mstar_fast", "run", "--resume", str(run_dir)))

@@ -93,6 +93,24 @@ def test_demo_quick_end_to_end(quick_run):
     assert "time per stage (seconds, wall)" in out and "| iteration 2 |" in out and "| all |" in out
 
 
+def kill_when_written(proc: subprocess.Popen, target: Path, timeout: float, group: bool = False) -> None:
+    """kill -9 ``proc`` (with ``group``, its whole process group) as soon as ``target`` holds a byte; fails if
+    the run ends first. Waits for it either way."""
+    kill = (lambda: os.killpg(proc.pid, signal.SIGKILL)) if group else (lambda: os.kill(proc.pid, signal.SIGKILL))
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if target.exists() and target.stat().st_size > 0:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before the kill point"
+        kill()
+    finally:
+        if proc.poll() is None:
+            kill()
+        proc.wait()
+
+
 def test_kill_and_resume_equals_uninterrupted(quick_run, tmp_path):
     ref_dir, ref, _ = quick_run
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -101,18 +119,7 @@ def test_kill_and_resume_equals_uninterrupted(quick_run, tmp_path):
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Known point: iteration 2 has started writing its samples (after iteration 1's checkpoint).
     target = run_dir / "samples" / "iter-002.jsonl"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if target.exists() and target.stat().st_size > 0:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before the kill point"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+    kill_when_written(proc, target, timeout=240)
     n_before = len(target.read_text().splitlines())
     assert (run_dir / "checkpoints" / "iter-001").is_dir() and not (run_dir / "checkpoints" / "iter-002").exists()
     res = mstar_cli("run", "--resume", str(run_dir))
