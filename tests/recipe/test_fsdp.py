@@ -23,12 +23,11 @@ import torch
 from mstar_fast.demo.run import QUICK
 from mstar_fast.errors import UserError
 from mstar_fast.recipe.policy import check_inference_copy_fits, free_memory_bytes, kv_bytes_per_position
-from tests.recipe.test_loop import kill_when_written
+from tests.recipe.test_loop import _rows, _samples, assert_same_run, kill_when_written
 from tests.recipe.test_torchrun import _free_port, _torchrun_available  # the same gloo check and port
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo.yaml"
-TIMING = {"elapsed", "seconds_monitor", "seconds_sample", "seconds_score", "seconds_train", "seconds_test"}
 # Sample chunks of 4 prompts, so the kill can land between two appends of an iteration's sample file; a
 # base model trained long enough that the warm-up and the iterations find correct responses to train on
 # (with the quick budget's 20 steps they find none, and no training call would run under FSDP after the base).
@@ -53,15 +52,6 @@ def _torchrun(*args: str) -> list[str]:
 def _recipe(run_dir: Path, parallel: str) -> list[str]:
     return _torchrun("-m", "mstar_fast", "run", str(CONFIG), f"run_dir={run_dir}", *QUICK, *SMALL,
                      f"train.parallel={parallel}")
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _samples(run_dir: Path) -> dict[str, list[dict]]:
-    return {p.name: [json.loads(line) for line in p.read_text().splitlines()]
-            for p in sorted((run_dir / "samples").glob("*.jsonl"))}
 
 
 # ---------------------------------------------------------------------------------------- memory condition
@@ -244,14 +234,4 @@ def test_fsdp_kill_and_resume_equals_uninterrupted(demo_runs, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
     assert "resumed from" in res.stdout
 
-    got, want = _rows(run_dir), _rows(ref_dir)
-    assert [r["iteration"] for r in got] == [0, 1, 2]
-    for g, w in zip(got, want):
-        assert {k: v for k, v in g.items() if k not in TIMING} == {k: v for k, v in w.items() if k not in TIMING}
-    s_got, s_want = _samples(run_dir), _samples(ref_dir)
-    assert sorted(s_got) == sorted(s_want)
-    key = lambda d: (d["prompt_id"], d["index"])  # noqa: E731
-    for name in s_want:
-        keys = [key(d) for d in s_got[name]]
-        assert len(keys) == len(set(keys)), f"{name}: a sample written twice"
-        assert sorted(s_got[name], key=key) == sorted(s_want[name], key=key), f"{name} differs"
+    assert_same_run(run_dir, ref_dir)

@@ -93,6 +93,22 @@ def test_demo_quick_end_to_end(quick_run):
     assert "time per stage (seconds, wall)" in out and "| iteration 2 |" in out and "| all |" in out
 
 
+def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
+    """The resumed run in ``run_dir`` equals the uninterrupted one in ``ref_dir``: metrics of iterations 0-2 up
+    to timings, and every sample file, with no sample written twice."""
+    got, want = _rows(run_dir), _rows(ref_dir)
+    assert [r["iteration"] for r in got] == [0, 1, 2]
+    for g, w in zip(got, want):
+        assert {k: v for k, v in g.items() if k not in TIMING} == {k: v for k, v in w.items() if k not in TIMING}
+    s_got, s_want = _samples(run_dir), _samples(ref_dir)
+    assert sorted(s_got) == sorted(s_want)
+    key = lambda d: (d["prompt_id"], d["index"])  # noqa: E731
+    for name in s_want:
+        keys = [key(d) for d in s_got[name]]
+        assert len(keys) == len(set(keys)), f"{name}: a sample written twice"
+        assert sorted(s_got[name], key=key) == sorted(s_want[name], key=key), f"{name} differs"
+
+
 def kill_when_written(proc: subprocess.Popen, target: Path, timeout: float, group: bool = False) -> None:
     """kill -9 ``proc`` (with ``group``, its whole process group) as soon as ``target`` holds a byte; fails if
     the run ends first. Waits for it either way."""
@@ -126,18 +142,8 @@ def test_kill_and_resume_equals_uninterrupted(quick_run, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "resumed from" in res.stdout
 
-    got, want = _rows(run_dir), _rows(ref_dir)
-    assert [r["iteration"] for r in got] == [0, 1, 2]
-    for g, w in zip(got, want):
-        assert {k: v for k, v in g.items() if k not in TIMING} == {k: v for k, v in w.items() if k not in TIMING}
-    s_got, s_want = _samples(run_dir), _samples(ref_dir)
-    assert sorted(s_got) == sorted(s_want)
-    for name in s_want:
-        keys = [(d["prompt_id"], d["index"]) for d in s_got[name]]
-        assert len(keys) == len(set(keys)), f"{name}: a sample written twice"
-        key = lambda d: (d["prompt_id"], d["index"])  # noqa: E731
-        assert sorted(s_got[name], key=key) == sorted(s_want[name], key=key), f"{name} differs"
-    assert n_before <= len(s_want["iter-002.jsonl"])
+    assert_same_run(run_dir, ref_dir)
+    assert n_before <= len(_samples(ref_dir)["iter-002.jsonl"])
 
 
 def test_run_refuses_an_existing_run_dir(quick_run):
